@@ -1,0 +1,155 @@
+"""The container's side of ``create``: from a forked runtime child to the user's process.
+
+The parent (``lifecycle.create``) forks, places the child in its cgroup and then lets it go. The
+child enters or creates its namespaces, builds the root filesystem, lets the parent run the
+prestart/createRuntime hooks, pivots into the rootfs, takes on the container's identity and
+reports "ready". It then blocks opening the exec fifo until ``start`` reads it, and execs the
+command (through the trampoline, see ``trampoline``). Nothing here returns: every path ends in exec
+or ``os._exit``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from berth.kernel import syscalls as sc
+from berth.runtime import console
+from berth.runtime import process as proc
+from berth.runtime.hooks import run_hooks
+from berth.runtime.sync import Channel
+
+
+@dataclass
+class Launch:
+    """Everything the child needs, computed by the parent before fork."""
+
+    spec: dict[str, Any]
+    rootfs: str
+    bundle: str
+    fifo: str
+    no_pivot: bool = False
+    preserve_fds: int = 0
+    console_fd: int | None = None
+    userns: str = ""  # "", "new" or "join"
+    userns_fd: int | None = None
+    join: list[tuple[int, int]] = field(default_factory=list)  # (fd, CLONE_*) to setns
+    unshare: int = 0
+    fork_for_pid: bool = False
+    namespaces: dict[str, str] = field(default_factory=dict)
+    cgroup_paths: dict[str, str] = field(default_factory=dict)
+
+
+def child_main(launch: Launch, chan: Channel) -> None:
+    """Entry point of the forked child; never returns."""
+    try:
+        proc.reset_signals()
+        keep = {chan.read_fd, chan.write_fd, *(fd for fd, _ in launch.join)}
+        keep.update(fd for fd in (launch.console_fd, launch.userns_fd) if fd is not None)
+        proc.close_fds(launch.preserve_fds, keep)
+        chan.expect("G")
+        if launch.userns == "new":
+            sc.unshare(sc.CLONE_NEWUSER)
+            chan.send("M")
+            chan.expect("G")
+        elif launch.userns_fd is not None:
+            sc.setns(launch.userns_fd, sc.CLONE_NEWUSER)
+        if launch.userns:
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+        for fd, flag in launch.join:
+            sc.setns(fd, flag)
+        if launch.unshare:
+            sc.unshare(launch.unshare)
+        if launch.fork_for_pid:
+            pid = os.fork()
+            if pid:
+                chan.send("P", pid)
+                os._exit(0)
+        _init(launch, chan)
+    except BaseException as e:
+        chan.send_error(e)
+        os._exit(1)
+
+
+def _init(launch: Launch, chan: Channel) -> None:
+    spec = launch.spec
+    linux = spec.get("linux", {})
+    process = spec["process"]
+    proc.set_dumpable(False)
+    ns = launch.namespaces
+    if "uts" in ns and not ns["uts"]:
+        if "hostname" in spec:
+            sc.sethostname(spec["hostname"])
+        if "domainname" in spec:
+            sc.setdomainname(spec["domainname"])
+    for key, value in linux.get("sysctl", {}).items():
+        with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+            f.write(value)
+
+    from berth.runtime.rootfs import RootfsBuilder
+
+    rb = RootfsBuilder(spec, launch.rootfs, launch.bundle, userns=bool(launch.userns),
+                       cgroupns="cgroup" in ns, cgroup_paths=launch.cgroup_paths)
+    rb.prepare()
+    rb.mount_all()
+    rb.make_devices()
+    chan.send("H")
+    state = chan.expect("G")
+    run_hooks(spec, "createContainer", state)
+    rb.mask_paths(linux.get("maskedPaths", []))
+    rb.readonly_paths(linux.get("readonlyPaths", []))
+    slave = _console(launch, rb.root_fd, process) if process.get("terminal") else None
+    proc.apply_limits(process, linux)
+    proc.preload_libraries(linux)
+    fifo_fd = os.open(launch.fifo, os.O_PATH | os.O_CLOEXEC)
+    from berth.runtime import trampoline
+
+    tramp_fd = trampoline.sealed_fd()
+    rb.pivot(launch.no_pivot)
+    rb.finish()
+    os.setsid()
+    if slave is not None:
+        console.take_terminal(slave)
+    nnp = bool(process.get("noNewPrivileges"))
+    if nnp:
+        sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+    else:
+        proc.install_seccomp(linux)
+    proc.switch_identity(process)
+    env = proc.environment(process)
+    proc.enter_cwd(process["cwd"])
+    path = proc.resolve_executable(process["args"], env)
+    chan.send("R")
+    chan.close()
+    try:
+        # Blocks until ``start`` opens the fifo for reading.
+        wfd = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
+        os.write(wfd, b"0")
+        os.close(wfd)
+        os.close(fifo_fd)
+        state["status"] = "running"
+        run_hooks(spec, "startContainer", state)
+        if nnp:
+            proc.install_seccomp(linux)
+        trampoline.execve(tramp_fd, path, process["args"], env)
+    except BaseException as e:
+        os.write(2, f"berth-runtime: {e}\n".encode())
+        os._exit(1 if not isinstance(e, OSError) else 127)
+
+
+def _console(launch: Launch, root_fd: int, process: dict[str, Any]) -> int:
+    """Open a pty in the container's devpts, bind its slave to /dev/console, send the master out."""
+    from berth.runtime.paths import ensure_in_root, fd_path, open_in_root
+
+    master = open_in_root(root_fd, "/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY)
+    slave = console.open_pty(master, process)
+    target = ensure_in_root(root_fd, "/dev/console", is_dir=False)
+    try:
+        sc.mount(fd_path(slave), fd_path(target), None, sc.MS_BIND)
+    finally:
+        os.close(target)
+    assert launch.console_fd is not None
+    console.send_master(launch.console_fd, master, "/dev/console")
+    return slave

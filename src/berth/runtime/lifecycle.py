@@ -1,0 +1,521 @@
+"""The runtime's operations on a container: create, start, state, kill, delete, pause, resume,
+update, ps, events, exec. ``cli`` parses runc's command line and calls these; they raise
+``berth.errors`` exceptions and never print, except where an operation's output is its result.
+
+``create`` is the only complicated one; it runs in the runtime process and drives the child in
+``init`` through the handshake in ``sync``: go → (user ns maps) → (init pid) → prestart hooks →
+ready. On any failure it kills what it started and removes the cgroup and state directory, so a
+failed create leaves nothing behind and an existing container is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+from berth.errors import AlreadyExists, BerthError, Conflict, InvalidArgument, NotFound
+from berth.kernel import syscalls as sc
+from berth.oci import runtime_config
+from berth.runtime.hooks import run_hooks
+from berth.runtime.init import Launch, child_main
+from berth.runtime.state import Record, StateDir, now_rfc3339, oci_state, proc_start_time
+from berth.runtime.sync import pair
+
+# Devices every container may use whatever its device cgroup rules say (they are created in /dev
+# by the runtime itself), as runc allows them.
+DEFAULT_ALLOWED_DEVICES = [
+    {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 1, "minor": 5, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 1, "minor": 7, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 1, "minor": 8, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 1, "minor": 9, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 5, "minor": 0, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 5, "minor": 1, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 5, "minor": 2, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 136, "access": "rwm"},
+]
+
+
+def _resources(spec: dict[str, Any]) -> dict[str, Any]:
+    resources = dict(spec.get("linux", {}).get("resources") or {})
+    if "devices" in resources:
+        resources["devices"] = list(resources["devices"]) + DEFAULT_ALLOWED_DEVICES
+    return resources
+
+
+def _validate_deep(spec: dict[str, Any]) -> None:
+    """Checks beyond the config's shape that must pass before anything is created."""
+    from berth.kernel import caps, cgroups
+
+    process = spec.get("process")
+    if process is None:
+        raise InvalidArgument("process: required to create a container")
+    for k, names in (process.get("capabilities") or {}).items():
+        caps.parse(names, f"process.capabilities.{k}")
+    linux = spec.get("linux", {})
+    if linux.get("seccomp"):
+        from berth.kernel import seccomp
+
+        seccomp.validate(linux["seccomp"])
+    if linux.get("resources"):
+        cgroups.validate_resources(linux["resources"])
+    ns = runtime_config.namespaces(spec)
+    from berth.runtime.rootfs import check_sysctl
+
+    for key in linux.get("sysctl", {}):
+        check_sysctl(key, ns)
+    if "mount" not in ns and spec.get("mounts"):
+        raise InvalidArgument("mounts: need a mount namespace in linux.namespaces")
+    if process.get("terminal") and "mount" not in ns:
+        raise InvalidArgument("process.terminal: needs a mount namespace")
+
+
+def create(root: str, cid: str, bundle: str, *, pid_file: str | None = None,
+           console_socket: str | None = None, no_pivot: bool = False, preserve_fds: int = 0,
+           subreaper: bool = False) -> Record:
+    sd = StateDir(root, cid)
+    bundle = os.path.abspath(bundle)
+    spec = runtime_config.load(os.path.join(bundle, "config.json"))
+    rootfs = os.path.join(bundle, spec["root"]["path"])
+    if not os.path.isdir(rootfs):
+        raise InvalidArgument(f"root.path: {rootfs} is not a directory")
+    rootfs = os.path.realpath(rootfs)
+    _validate_deep(spec)
+    if spec["process"].get("terminal") and not console_socket:
+        raise InvalidArgument("process.terminal is true: --console-socket is required")
+    os.makedirs(root, mode=0o711, exist_ok=True)
+    try:
+        os.mkdir(sd.path, 0o711)
+    except FileExistsError:
+        raise AlreadyExists(f"container with id {cid} already exists") from None
+    sd.lock()
+    cgroup = None
+    pid = 0
+    try:
+        from berth.kernel.cgroups import open_cgroup
+
+        cgroup = open_cgroup(spec.get("linux", {}).get("cgroupsPath") or None, cid)
+        cgroup.create()
+        cgroup.apply(_resources(spec))
+        os.mkfifo(sd.fifo, 0o622)
+        record = Record(id=cid, pid=0, pid_start=0, bundle=bundle, rootfs=rootfs, created=now_rfc3339(),
+                        owner="" if os.geteuid() == 0 else str(os.geteuid()), config=spec,
+                        cgroup_path=_cgroup_rel(cgroup), annotations=spec.get("annotations", {}))
+        pid = _spawn(sd, record, spec, cgroup, console_socket, no_pivot, preserve_fds, subreaper)
+        record.pid = pid
+        record.pid_start = proc_start_time(pid) or 0
+        sd.save(record)
+        if pid_file:
+            _write_pid_file(pid_file, pid)
+        return record
+    except BaseException:
+        if pid:
+            _kill_and_wait(pid)
+        if cgroup is not None:
+            try:
+                cgroup.kill_all(signal.SIGKILL)
+                cgroup.destroy()
+            except Exception:
+                pass
+        _remove_state_dir(sd.path)
+        raise
+    finally:
+        sd.unlock()
+
+
+def _cgroup_rel(cgroup: Any) -> str:
+    return getattr(cgroup, "path", "") or ""
+
+
+def _write_pid_file(path: str, pid: int) -> None:
+    from berth.runtime.state import write_atomic
+
+    write_atomic(os.path.abspath(path), str(pid).encode(), 0o644)
+
+
+def _remove_state_dir(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _namespace_plan(spec: dict[str, Any], launch: Launch) -> int | None:
+    """Fill the launch's namespace fields; return the fd of a pid namespace the parent must join."""
+    ns = runtime_config.namespaces(spec)
+    launch.namespaces = ns
+    pid_fd = None
+    for kind, path in ns.items():
+        flag, _ = sc.NAMESPACES[kind]
+        if kind == "user":
+            if path:
+                launch.userns = "join"
+                launch.userns_fd = _open_ns(path, kind)
+            else:
+                launch.userns = "new"
+            continue
+        if kind == "pid":
+            if path:
+                pid_fd = _open_ns(path, kind)
+            continue
+        if path:
+            launch.join.append((_open_ns(path, kind), flag))
+        else:
+            launch.unshare |= flag
+    # Join the mount namespace last: paths opened afterwards would be resolved in it.
+    launch.join.sort(key=lambda item: item[1] == sc.CLONE_NEWNS)
+    if "pid" in ns and not ns["pid"] and launch.userns:
+        # A new pid namespace must be owned by the new user namespace: the child creates both.
+        launch.unshare |= sc.CLONE_NEWPID
+        launch.fork_for_pid = True
+    elif launch.userns and pid_fd is not None:
+        launch.join.append((pid_fd, sc.CLONE_NEWPID))
+        launch.fork_for_pid = True
+        pid_fd = None
+    return pid_fd
+
+
+def _open_ns(path: str, kind: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise InvalidArgument(f"linux.namespaces: {kind} namespace path {path}: {e.strerror}") from None
+
+
+def _spawn(sd: StateDir, record: Record, spec: dict[str, Any], cgroup: Any, console_socket: str | None,
+           no_pivot: bool, preserve_fds: int, subreaper: bool) -> int:
+    launch = Launch(spec=spec, rootfs=record.rootfs, bundle=record.bundle, fifo=sd.fifo, no_pivot=no_pivot,
+                    preserve_fds=preserve_fds, cgroup_paths=_cgroup_paths(cgroup))
+    join_pid_fd = _namespace_plan(spec, launch)
+    new_pid_here = "pid" in launch.namespaces and not launch.namespaces["pid"] and not launch.userns
+    if console_socket:
+        from berth.runtime.console import connect
+
+        launch.console_fd = connect(console_socket)
+    if subreaper:
+        sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+    parent, child = pair()
+    own_pidns = None
+    if new_pid_here or join_pid_fd is not None:
+        own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        if join_pid_fd is not None:
+            sc.setns(join_pid_fd, sc.CLONE_NEWPID)
+        else:
+            sc.unshare(sc.CLONE_NEWPID)
+    pid = os.fork()
+    if pid and own_pidns is not None:
+        sc.setns(own_pidns, sc.CLONE_NEWPID)
+        os.close(own_pidns)
+    if pid == 0:
+        parent.close()
+        child_main(launch, child)
+    child.close()
+    for fd, _ in launch.join:
+        os.close(fd)
+    if launch.console_fd is not None:
+        os.close(launch.console_fd)
+    init_pid = pid
+    try:
+        cgroup.add(pid)
+        parent.send("G")
+        if launch.userns == "new":
+            parent.expect("M")
+            _write_id_maps(pid, spec.get("linux", {}))
+            parent.send("G")
+        if launch.fork_for_pid:
+            init_pid = parent.expect("P")
+            os.waitpid(pid, 0)
+        parent.expect("H")
+        record.pid = init_pid
+        state = oci_state(record, record.id, "creating")
+        run_hooks(spec, "prestart", state)
+        run_hooks(spec, "createRuntime", state)
+        state["status"] = "created"
+        parent.send("G", state)
+        parent.expect("R")
+    except BaseException:
+        _kill_and_wait(init_pid)
+        if init_pid != pid:
+            _kill_and_wait(pid)
+        raise
+    finally:
+        parent.close()
+    return init_pid
+
+
+def _cgroup_paths(cgroup: Any) -> dict[str, str]:
+    try:
+        return dict(cgroup.relative_paths())
+    except AttributeError:
+        return {}
+
+
+def _write_id_maps(pid: int, linux: dict[str, Any]) -> None:
+    """Write uid/gid maps directly as root; rootless callers go through newuidmap/newgidmap."""
+    for key, name, helper in (("uidMappings", "uid_map", "newuidmap"), ("gidMappings", "gid_map", "newgidmap")):
+        maps = linux.get(key) or []
+        if not maps:
+            continue
+        lines = "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in maps)
+        try:
+            with open(f"/proc/{pid}/{name}", "w") as f:
+                f.write(lines)
+        except PermissionError:
+            import subprocess
+
+            argv = [helper, str(pid)]
+            for m in maps:
+                argv += [str(m["containerID"]), str(m["hostID"]), str(m["size"])]
+            res = subprocess.run(argv, capture_output=True, text=True, check=False)
+            if res.returncode:
+                raise BerthError(f"linux.{key}: {helper}: {res.stderr.strip()}") from None
+        except OSError as e:
+            raise InvalidArgument(f"linux.{key}: cannot write {name}: {e.strerror}") from None
+
+
+def _kill_and_wait(pid: int, timeout: float = 5.0) -> None:
+    start = proc_start_time(pid)
+    if start is None:
+        _reap(pid)
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout
+    while proc_start_time(pid) == start and time.monotonic() < deadline:
+        if _reap(pid):
+            return
+        time.sleep(0.002)
+    _reap(pid)
+
+
+def _reap(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == pid
+    except ChildProcessError:
+        return False
+
+
+def _load_running(sd: StateDir) -> tuple[Record, str]:
+    record = sd.load()
+    status = sd.status(record)
+    if record is None:
+        raise Conflict(f"container {sd.id} is still being created")
+    return record, status
+
+
+def start(root: str, cid: str) -> None:
+    sd = StateDir(root, cid)
+    sd.lock()
+    try:
+        record, status = _load_running(sd)
+        if status != "created":
+            raise Conflict(f"cannot start container {cid}: it is {status}, not created")
+        fd = os.open(sd.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not _wait_fifo(fd, record):
+                raise BerthError(f"container {cid}: init exited before start")
+        finally:
+            os.close(fd)
+            os.unlink(sd.fifo)
+        run_hooks(record.config, "poststart", oci_state(record, cid, "running"), fatal=False)
+    finally:
+        sd.unlock()
+
+
+def _wait_fifo(fd: int, record: Record) -> bool:
+    """Read the init's byte from the exec fifo, giving up if the init dies meanwhile."""
+    import select
+
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while True:
+        if poller.poll(100):
+            try:
+                if os.read(fd, 1):
+                    return True
+            except BlockingIOError:
+                continue
+        if proc_start_time(record.pid) != record.pid_start:
+            return False
+
+
+def state(root: str, cid: str) -> dict[str, Any]:
+    sd = StateDir(root, cid)
+    record = sd.load()
+    return oci_state(record, cid, sd.status(record))
+
+
+def list_containers(root: str) -> list[dict[str, Any]]:
+    if not os.path.isdir(root):
+        return []
+    out = []
+    for name in sorted(os.listdir(root)):
+        try:
+            out.append(state(root, name))
+        except (NotFound, InvalidArgument):
+            continue
+    return out
+
+
+def parse_signal(text: str) -> int:
+    if text.isdigit():
+        sig = int(text)
+        if sig <= 0 or sig >= 65:
+            raise InvalidArgument(f"invalid signal {text!r}")
+        return sig
+    name = text.upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise InvalidArgument(f"unknown signal {text!r}") from None
+
+
+def kill(root: str, cid: str, sig: int, all_processes: bool = False) -> None:
+    sd = StateDir(root, cid)
+    record, status = _load_running(sd)
+    if status not in ("created", "running", "paused"):
+        raise Conflict(f"cannot kill container {cid}: it is {status}")
+    if all_processes:
+        from berth.kernel.cgroups import open_cgroup
+
+        open_cgroup(record.cgroup_path, cid).kill_all(sig)
+        return
+    _signal(record, sig)
+
+
+def _signal(record: Record, sig: int) -> None:
+    """Signal the init through a pidfd checked against the recorded start time (no pid reuse race)."""
+    try:
+        pidfd = os.pidfd_open(record.pid)
+    except ProcessLookupError:
+        raise Conflict(f"container {record.id} is not running") from None
+    try:
+        if proc_start_time(record.pid) != record.pid_start:
+            raise Conflict(f"container {record.id} is not running")
+        signal.pidfd_send_signal(pidfd, sig)
+    finally:
+        os.close(pidfd)
+
+
+def delete(root: str, cid: str, force: bool = False) -> None:
+    sd = StateDir(root, cid)
+    sd.lock()
+    try:
+        record = sd.load()
+        status = sd.status(record)
+        if status in ("running", "paused") and not force:
+            raise Conflict(f"cannot delete container {cid} that is not stopped: {status}")
+        from berth.kernel.cgroups import open_cgroup
+
+        cgroup = open_cgroup(record.cgroup_path, cid) if record else None
+        if record is not None and status != "stopped":
+            if cgroup is not None and status == "paused":
+                cgroup.thaw()
+            _kill_and_wait(record.pid)
+        if cgroup is not None:
+            try:
+                cgroup.kill_all(signal.SIGKILL)
+            except Exception:
+                pass
+            cgroup.destroy()
+        _remove_state_dir(sd.path)
+    finally:
+        sd.unlock()
+    if record is not None:
+        run_hooks(record.config, "poststop", oci_state(record, cid, "stopped"), fatal=False)
+
+
+def pause(root: str, cid: str) -> None:
+    _freeze(root, cid, True)
+
+
+def resume(root: str, cid: str) -> None:
+    _freeze(root, cid, False)
+
+
+def _freeze(root: str, cid: str, freeze: bool) -> None:
+    from berth.kernel.cgroups import open_cgroup
+
+    sd = StateDir(root, cid)
+    sd.lock()
+    try:
+        record, status = _load_running(sd)
+        want = "running" if freeze else "paused"
+        if status != want:
+            raise Conflict(f"cannot {'pause' if freeze else 'resume'} container {cid}: it is {status}")
+        cgroup = open_cgroup(record.cgroup_path, cid)
+        cgroup.freeze() if freeze else cgroup.thaw()
+    finally:
+        sd.unlock()
+
+
+def update(root: str, cid: str, resources: dict[str, Any]) -> None:
+    from berth.kernel.cgroups import open_cgroup, validate_resources
+
+    sd = StateDir(root, cid)
+    sd.lock()
+    try:
+        record, status = _load_running(sd)
+        if status == "stopped":
+            raise Conflict(f"cannot update container {cid}: it is stopped")
+        validate_resources(resources)
+        open_cgroup(record.cgroup_path, cid).apply(resources)
+        linux = record.config.setdefault("linux", {})
+        merged = _merge(linux.get("resources") or {}, resources)
+        linux["resources"] = merged
+        sd.save(record)
+    finally:
+        sd.unlock()
+
+
+def _merge(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in new.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def pids(root: str, cid: str) -> list[int]:
+    from berth.kernel.cgroups import open_cgroup
+
+    sd = StateDir(root, cid)
+    record, status = _load_running(sd)
+    if status == "stopped":
+        return []
+    return open_cgroup(record.cgroup_path, cid).pids()
+
+
+def stats(root: str, cid: str) -> dict[str, Any]:
+    from berth.kernel.cgroups import open_cgroup
+
+    sd = StateDir(root, cid)
+    record, status = _load_running(sd)
+    if status == "stopped":
+        raise Conflict(f"container {cid} is not running")
+    return open_cgroup(record.cgroup_path, cid).stats()
+
+
+def wait_exit(pid: int) -> int:
+    """Wait for our child ``pid`` and return a shell-style exit status (128+N when signalled)."""
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except ChildProcessError:
+            return 0
+        except InterruptedError:
+            continue
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def ensure_exists(root: str, cid: str) -> None:
+    if not StateDir(root, cid).exists():
+        raise NotFound(f"container {cid} does not exist")

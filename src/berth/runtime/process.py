@@ -1,0 +1,155 @@
+"""Turning the runtime's forked child into the container's process: identity, limits, exec.
+
+Shared by the container's init and by ``exec``. The order matters and follows the kernel's rules:
+rlimits and no_new_privs first; a seccomp filter before capabilities are dropped when it needs
+CAP_SYS_ADMIN (no no_new_privs); the bounding set, then the uid switch with keep-caps, then the
+final capability sets; the executable is resolved before the start barrier so that a missing
+command fails ``create``, as it does with runc.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+from typing import Any
+
+from berth.errors import CannotInvoke, CommandNotFound
+from berth.kernel import syscalls as sc
+
+_PERSONALITY = {"LINUX": 0x0000, "LINUX32": 0x0008}
+
+
+def reset_signals() -> None:
+    """Python ignores SIGPIPE and SIGXFSZ; ignored signals survive exec, so restore the defaults."""
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def apply_limits(process: dict[str, Any], linux: dict[str, Any]) -> None:
+    import resource
+
+    for r in process.get("rlimits", []):
+        resource.setrlimit(getattr(resource, r["type"]), (r["soft"], r["hard"]))
+    if "oomScoreAdj" in process:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(process["oomScoreAdj"]))
+    persona = linux.get("personality")
+    if persona:
+        sc.personality(_PERSONALITY[persona["domain"]])
+
+
+def environment(process: dict[str, Any]) -> dict[str, str]:
+    env = dict(e.split("=", 1) for e in process.get("env", []))
+    env.setdefault("HOME", _home_of(process["user"]["uid"]))
+    return env
+
+
+def _home_of(uid: int) -> str:
+    try:
+        with open("/etc/passwd") as f:
+            for line in f:
+                parts = line.rstrip("\n").split(":")
+                if len(parts) >= 6 and parts[2] == str(uid):
+                    return parts[5] or "/"
+    except OSError:
+        pass
+    return "/"
+
+
+def resolve_executable(args: list[str], env: dict[str, str]) -> str:
+    """Find args[0] as execvp would, inside the (already pivoted) root; errors as Docker reports them."""
+    name = args[0]
+    if "/" in name:
+        candidates = [name]
+    else:
+        path = env.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        candidates = [os.path.join(d or ".", name) for d in path.split(":")]
+    denied = None
+    for c in candidates:
+        try:
+            st = os.stat(c)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and os.access(c, os.X_OK):
+            return c
+        denied = c
+    if denied is not None:
+        raise CannotInvoke(f'exec: "{name}": permission denied')
+    if "/" in name:
+        raise CommandNotFound(f'exec: "{name}": stat {name}: no such file or directory')
+    raise CommandNotFound(f'exec: "{name}": executable file not found in $PATH')
+
+
+def switch_identity(process: dict[str, Any]) -> None:
+    """Capabilities and uid/gid, in the one order that leaves exactly the configured sets."""
+    from berth.kernel import caps
+
+    spec_caps = process.get("capabilities") or {}
+    sets = {k: caps.parse(spec_caps.get(k, []), f"process.capabilities.{k}") for k in
+            ("bounding", "effective", "permitted", "inheritable", "ambient")}
+    user = process["user"]
+    caps.drop_bounding(sets["bounding"])
+    caps.set_keepcaps(True)
+    os.setgroups(user.get("additionalGids", []))
+    os.setresgid(user["gid"], user["gid"], user["gid"])
+    os.setresuid(user["uid"], user["uid"], user["uid"])
+    caps.set_keepcaps(False)
+    caps.apply(sets["effective"], sets["permitted"], sets["inheritable"])
+    caps.set_ambient(sets["ambient"])
+    if "umask" in user:
+        os.umask(user["umask"])
+    else:
+        os.umask(0o022)
+
+
+def enter_cwd(cwd: str) -> None:
+    """chdir as the container user, then prove the directory is inside the container's root.
+
+    A cwd reached through a descriptor leaked from the runtime (``/proc/self/fd/N``) would be a
+    host directory; getcwd(2) reports such a directory as unreachable, so refuse it.
+    """
+    os.chdir(cwd)
+    here = os.getcwd()
+    if not here.startswith("/"):
+        raise OSError(1, f"process.cwd {cwd}: resolves outside the container's root")
+
+
+def close_fds(preserve: int, keep: set[int]) -> None:
+    """Close every descriptor above 2+``preserve`` not in ``keep``, right after fork.
+
+    Whatever the runtime had open (a lock on the state directory, an inherited descriptor of the
+    caller's) must neither reach the container nor outlive the runtime in it.
+    """
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 + preserve and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def preload_libraries(linux: dict[str, Any]) -> None:
+    """Load libcap (and libseccomp) while the host's filesystem is still visible: after pivot_root
+    the dynamic loader would look for them in the container's image."""
+    from berth.kernel import caps
+
+    caps.load()
+    if linux.get("seccomp"):
+        from berth.kernel import seccomp
+
+        seccomp.load()
+
+
+def install_seccomp(linux: dict[str, Any]) -> None:
+    if linux.get("seccomp"):
+        from berth.kernel import seccomp
+
+        seccomp.install(linux["seccomp"])
+
+
+def set_dumpable(on: bool) -> None:
+    """A non-dumpable process hides /proc/PID/{exe,fd,mem} from the container's other processes."""
+    sc.prctl(sc.PR_SET_DUMPABLE, 1 if on else 0)
