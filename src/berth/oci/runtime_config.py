@@ -9,9 +9,12 @@ every field the runtime reads has the type and shape the spec gives it. Errors n
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from berth.errors import InvalidArgument
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time")
 HOOK_KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 from berth.errors import BerthError, CannotInvoke, CommandNotFound, InvalidArgument
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 USAGE = """usage: berth-runtime [global options] COMMAND [options] [arguments]
 
@@ -188,6 +191,10 @@ class Runtime:
             self.root, cid, opts.get("bundle") or ".", pid_file=opts.get("pid_file"),
             console_socket=opts.get("console_socket"), no_pivot=bool(opts.get("no_pivot")),
             preserve_fds=_int(opts, "preserve_fds"), subreaper=not detach and not opts.get("no_subreaper"))
+        from berth.runtime.execute import _forwarding_signals, forward_signals
+
+        if not detach:
+            forward_signals(record.pid)  # before start: the container may be signalled as soon as it runs
         try:
             lifecycle.start(self.root, cid)
         except BaseException:
@@ -195,8 +202,6 @@ class Runtime:
             raise
         if detach:
             return 0
-        from berth.runtime.execute import _forwarding_signals
-
         status = _forwarding_signals(record.pid, lifecycle.wait_exit)
         if not opts.get("keep"):
             lifecycle.delete(self.root, cid, force=True)

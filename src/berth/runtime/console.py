@@ -6,7 +6,10 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 TIOCGPTPEER = 0x5441
 TIOCSPTLCK = 0x40045431

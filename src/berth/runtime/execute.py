@@ -9,7 +9,6 @@ trampoline. The parent waits for it (or, with ``detach``, leaves it to the calle
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from berth.errors import Conflict
 from berth.kernel import syscalls as sc
@@ -18,6 +17,10 @@ from berth.runtime import console
 from berth.runtime import process as proc
 from berth.runtime.state import StateDir
 from berth.runtime.sync import Channel, pair
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _ORDER = ("user", "ipc", "uts", "network", "cgroup", "time", "mount")
 
@@ -52,6 +55,7 @@ def exec_process(root: str, cid: str, process: dict[str, Any], *, detach: bool =
         target = os.open(f"/proc/{record.pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         sc.setns(target, sc.CLONE_NEWPID)
         os.close(target)
+    cgroup = record.cgroup()
     parent, child = pair()
     pid = os.fork()
     if pid and own_pidns is not None:
@@ -59,16 +63,15 @@ def exec_process(root: str, cid: str, process: dict[str, Any], *, detach: bool =
         os.close(own_pidns)
     if pid == 0:
         parent.close()
-        _child(record.config, process, fds, child, console_fd, preserve_fds)
+        _child(record.config, process, fds, child, console_fd, preserve_fds, cgroup)
     child.close()
     for fd, _ in fds:
         os.close(fd)
     if console_fd is not None:
         os.close(console_fd)
     try:
-        from berth.kernel.cgroups import open_cgroup
-
-        open_cgroup(record.cgroup_path, cid).add(pid)
+        if not detach:
+            forward_signals(pid)
         parent.send("G")
         parent.expect("R")
     except BaseException:
@@ -89,9 +92,13 @@ def exec_process(root: str, cid: str, process: dict[str, Any], *, detach: bool =
     return _forwarding_signals(pid, wait_exit)
 
 
-def _forwarding_signals(pid: int, wait: Any) -> int:
-    """Wait for ``pid``, passing on the signals a user sends the runtime (as runc does)."""
-    import signal
+def forward_signals(pid: int) -> None:
+    """From now on pass the signals a user sends the runtime on to ``pid`` (as runc does).
+
+    Installed before the process is released (start, or the exec barrier): a signal sent as soon as
+    the container runs must reach it, not kill the runtime.
+    """
+    import _signal as signal  # the C module: `signal` builds enums on import (~4 ms)
 
     def forward(sig: int, _frame: Any) -> None:
         try:
@@ -102,11 +109,16 @@ def _forwarding_signals(pid: int, wait: Any) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
                 signal.SIGWINCH):
         signal.signal(sig, forward)
+
+
+def _forwarding_signals(pid: int, wait: Any) -> int:
+    """Wait for ``pid``, passing on the signals a user sends the runtime."""
+    forward_signals(pid)
     return int(wait(pid))
 
 
 def _child(spec: dict[str, Any], process: dict[str, Any], fds: list[tuple[int, int]], chan: Channel,
-           console_fd: int | None, preserve_fds: int) -> None:
+           console_fd: int | None, preserve_fds: int, cgroup: Any) -> None:
     try:
         proc.reset_signals()
         proc.set_dumpable(False)
@@ -114,7 +126,8 @@ def _child(spec: dict[str, Any], process: dict[str, Any], fds: list[tuple[int, i
         if console_fd is not None:
             keep.add(console_fd)
         proc.close_fds(preserve_fds, keep)
-        proc.preload_libraries(spec.get("linux", {}))
+        proc.preload(spec)
+        cgroup.enter()
         chan.expect("G")
         for fd, flag in fds:
             sc.setns(fd, flag)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from berth.oci.runtime_config import HOOK_KINDS, NAMESPACE_TYPES
 from berth.runtime.rootfs import _FLAGS, PROPAGATION
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def features() -> dict[str, Any]:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
 
 from berth.errors import BerthError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def run_hooks(spec: dict[str, Any], kind: str, state: dict[str, Any], fatal: bool = True) -> None:

@@ -11,8 +11,6 @@ or ``os._exit``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Any
 
 from berth.kernel import syscalls as sc
 from berth.runtime import console
@@ -20,25 +18,31 @@ from berth.runtime import process as proc
 from berth.runtime.hooks import run_hooks
 from berth.runtime.sync import Channel
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
-@dataclass
+
 class Launch:
     """Everything the child needs, computed by the parent before fork."""
 
-    spec: dict[str, Any]
-    rootfs: str
-    bundle: str
-    fifo: str
-    no_pivot: bool = False
-    preserve_fds: int = 0
-    console_fd: int | None = None
-    userns: str = ""  # "", "new" or "join"
-    userns_fd: int | None = None
-    join: list[tuple[int, int]] = field(default_factory=list)  # (fd, CLONE_*) to setns
-    unshare: int = 0
-    fork_for_pid: bool = False
-    namespaces: dict[str, str] = field(default_factory=dict)
-    cgroup_paths: dict[str, str] = field(default_factory=dict)
+    def __init__(self, spec: dict[str, Any], rootfs: str, bundle: str, fifo: str, no_pivot: bool = False,
+                 preserve_fds: int = 0, cgroup_paths: dict[str, str] | None = None) -> None:
+        self.spec = spec
+        self.rootfs = rootfs
+        self.bundle = bundle
+        self.fifo = fifo
+        self.no_pivot = no_pivot
+        self.preserve_fds = preserve_fds
+        self.cgroup_paths = cgroup_paths or {}
+        self.cgroup: Any = None  # the container's cgroup, entered by the child itself
+        self.console_fd: int | None = None
+        self.userns = ""  # "", "new" or "join"
+        self.userns_fd: int | None = None
+        self.join: list[tuple[int, int]] = []  # (fd, CLONE_*) to setns
+        self.unshare = 0
+        self.fork_for_pid = False
+        self.namespaces: dict[str, str] = {}
 
 
 def child_main(launch: Launch, chan: Channel) -> None:
@@ -48,6 +52,7 @@ def child_main(launch: Launch, chan: Channel) -> None:
         keep = {chan.read_fd, chan.write_fd, *(fd for fd, _ in launch.join)}
         keep.update(fd for fd in (launch.console_fd, launch.userns_fd) if fd is not None)
         proc.close_fds(launch.preserve_fds, keep)
+        launch.cgroup.enter()
         chan.expect("G")
         if launch.userns == "new":
             sc.unshare(sc.CLONE_NEWUSER)
@@ -102,7 +107,7 @@ def _init(launch: Launch, chan: Channel) -> None:
     rb.readonly_paths(linux.get("readonlyPaths", []))
     slave = _console(launch, rb.root_fd, process) if process.get("terminal") else None
     proc.apply_limits(process, linux)
-    proc.preload_libraries(linux)
+    proc.preload(spec)
     fifo_fd = os.open(launch.fifo, os.O_PATH | os.O_CLOEXEC)
     from berth.runtime import trampoline
 

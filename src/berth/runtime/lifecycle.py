@@ -10,10 +10,9 @@ failed create leaves nothing behind and an existing container is never touched.
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: `signal` builds enums on import (~4 ms)
 import os
-import signal
 import time
-from typing import Any
 
 from berth.errors import AlreadyExists, BerthError, Conflict, InvalidArgument, NotFound
 from berth.kernel import syscalls as sc
@@ -22,6 +21,10 @@ from berth.runtime.hooks import run_hooks
 from berth.runtime.init import Launch, child_main
 from berth.runtime.state import Record, StateDir, now_rfc3339, oci_state, proc_start_time
 from berth.runtime.sync import pair
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # Devices every container may use whatever its device cgroup rules say (they are created in /dev
 # by the runtime itself), as runc allows them.
@@ -102,7 +105,7 @@ def create(root: str, cid: str, bundle: str, *, pid_file: str | None = None,
         os.mkfifo(sd.fifo, 0o622)
         record = Record(id=cid, pid=0, pid_start=0, bundle=bundle, rootfs=rootfs, created=now_rfc3339(),
                         owner="" if os.geteuid() == 0 else str(os.geteuid()), config=spec,
-                        cgroup_path=_cgroup_rel(cgroup), annotations=spec.get("annotations", {}))
+                        cgroup_paths=cgroup.paths, annotations=spec.get("annotations", {}))
         pid = _spawn(sd, record, spec, cgroup, console_socket, no_pivot, preserve_fds, subreaper)
         record.pid = pid
         record.pid_start = proc_start_time(pid) or 0
@@ -125,10 +128,6 @@ def create(root: str, cid: str, bundle: str, *, pid_file: str | None = None,
         sd.unlock()
 
 
-def _cgroup_rel(cgroup: Any) -> str:
-    return getattr(cgroup, "path", "") or ""
-
-
 def _write_pid_file(path: str, pid: int) -> None:
     from berth.runtime.state import write_atomic
 
@@ -136,9 +135,20 @@ def _write_pid_file(path: str, pid: int) -> None:
 
 
 def _remove_state_dir(path: str) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
+    """The state directory holds only plain files (state, fifo, temporaries): no shutil needed."""
+    try:
+        names = os.listdir(path)
+    except FileNotFoundError:
+        return
+    for name in names:
+        try:
+            os.unlink(os.path.join(path, name))
+        except OSError:
+            pass
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
 
 
 def _namespace_plan(spec: dict[str, Any], launch: Launch) -> int | None:
@@ -186,7 +196,8 @@ def _open_ns(path: str, kind: str) -> int:
 def _spawn(sd: StateDir, record: Record, spec: dict[str, Any], cgroup: Any, console_socket: str | None,
            no_pivot: bool, preserve_fds: int, subreaper: bool) -> int:
     launch = Launch(spec=spec, rootfs=record.rootfs, bundle=record.bundle, fifo=sd.fifo, no_pivot=no_pivot,
-                    preserve_fds=preserve_fds, cgroup_paths=_cgroup_paths(cgroup))
+                    preserve_fds=preserve_fds, cgroup_paths=record.cgroup_paths)
+    launch.cgroup = cgroup
     join_pid_fd = _namespace_plan(spec, launch)
     new_pid_here = "pid" in launch.namespaces and not launch.namespaces["pid"] and not launch.userns
     if console_socket:
@@ -217,7 +228,6 @@ def _spawn(sd: StateDir, record: Record, spec: dict[str, Any], cgroup: Any, cons
         os.close(launch.console_fd)
     init_pid = pid
     try:
-        cgroup.add(pid)
         parent.send("G")
         if launch.userns == "new":
             parent.expect("M")
@@ -242,13 +252,6 @@ def _spawn(sd: StateDir, record: Record, spec: dict[str, Any], cgroup: Any, cons
     finally:
         parent.close()
     return init_pid
-
-
-def _cgroup_paths(cgroup: Any) -> dict[str, str]:
-    try:
-        return dict(cgroup.relative_paths())
-    except AttributeError:
-        return {}
 
 
 def _write_id_maps(pid: int, linux: dict[str, Any]) -> None:
@@ -370,8 +373,10 @@ def parse_signal(text: str) -> int:
     name = text.upper()
     if not name.startswith("SIG"):
         name = "SIG" + name
+    import signal as enum_signal
+
     try:
-        return int(signal.Signals[name])
+        return int(enum_signal.Signals[name])
     except KeyError:
         raise InvalidArgument(f"unknown signal {text!r}") from None
 
@@ -382,9 +387,7 @@ def kill(root: str, cid: str, sig: int, all_processes: bool = False) -> None:
     if status not in ("created", "running", "paused"):
         raise Conflict(f"cannot kill container {cid}: it is {status}")
     if all_processes:
-        from berth.kernel.cgroups import open_cgroup
-
-        open_cgroup(record.cgroup_path, cid).kill_all(sig)
+        record.cgroup().kill_all(sig)
         return
     _signal(record, sig)
 
@@ -411,9 +414,7 @@ def delete(root: str, cid: str, force: bool = False) -> None:
         status = sd.status(record)
         if status in ("running", "paused") and not force:
             raise Conflict(f"cannot delete container {cid} that is not stopped: {status}")
-        from berth.kernel.cgroups import open_cgroup
-
-        cgroup = open_cgroup(record.cgroup_path, cid) if record else None
+        cgroup = record.cgroup() if record else None
         if record is not None and status != "stopped":
             if cgroup is not None and status == "paused":
                 cgroup.thaw()
@@ -440,8 +441,6 @@ def resume(root: str, cid: str) -> None:
 
 
 def _freeze(root: str, cid: str, freeze: bool) -> None:
-    from berth.kernel.cgroups import open_cgroup
-
     sd = StateDir(root, cid)
     sd.lock()
     try:
@@ -449,14 +448,14 @@ def _freeze(root: str, cid: str, freeze: bool) -> None:
         want = "running" if freeze else "paused"
         if status != want:
             raise Conflict(f"cannot {'pause' if freeze else 'resume'} container {cid}: it is {status}")
-        cgroup = open_cgroup(record.cgroup_path, cid)
+        cgroup = record.cgroup()
         cgroup.freeze() if freeze else cgroup.thaw()
     finally:
         sd.unlock()
 
 
 def update(root: str, cid: str, resources: dict[str, Any]) -> None:
-    from berth.kernel.cgroups import open_cgroup, validate_resources
+    from berth.kernel.cgroups import validate_resources
 
     sd = StateDir(root, cid)
     sd.lock()
@@ -465,7 +464,7 @@ def update(root: str, cid: str, resources: dict[str, Any]) -> None:
         if status == "stopped":
             raise Conflict(f"cannot update container {cid}: it is stopped")
         validate_resources(resources)
-        open_cgroup(record.cgroup_path, cid).apply(resources)
+        record.cgroup().apply(resources)
         linux = record.config.setdefault("linux", {})
         merged = _merge(linux.get("resources") or {}, resources)
         linux["resources"] = merged
@@ -482,23 +481,19 @@ def _merge(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 
 def pids(root: str, cid: str) -> list[int]:
-    from berth.kernel.cgroups import open_cgroup
-
     sd = StateDir(root, cid)
     record, status = _load_running(sd)
     if status == "stopped":
         return []
-    return open_cgroup(record.cgroup_path, cid).pids()
+    return record.cgroup().pids()
 
 
 def stats(root: str, cid: str) -> dict[str, Any]:
-    from berth.kernel.cgroups import open_cgroup
-
     sd = StateDir(root, cid)
     record, status = _load_running(sd)
     if status == "stopped":
         raise Conflict(f"container {cid} is not running")
-    return open_cgroup(record.cgroup_path, cid).stats()
+    return record.cgroup().stats()
 
 
 def wait_exit(pid: int) -> int:

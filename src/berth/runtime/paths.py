@@ -38,31 +38,59 @@ def fd_path(fd: int) -> str:
 def ensure_in_root(root_fd: int, path: str, is_dir: bool = True, mode: int = 0o755) -> int:
     """Open ``path`` in the root, creating it (and missing parents) as a directory or an empty file.
 
-    Returns an O_PATH descriptor. Creation happens with ``*at`` calls on descriptors already
-    resolved inside the root, with O_EXCL|O_NOFOLLOW, so a planted symlink is never followed out.
+    Returns an O_PATH descriptor. The path is walked one component at a time from descriptors
+    already resolved inside the root; a symlink met on the way (dangling or not, absolute or full of
+    ``..``) is read and its target walked *inside the root*, the way securejoin does, so what is
+    missing is created where the container will see it and never on the host. Creation uses
+    ``*at`` calls with O_EXCL|O_NOFOLLOW, and the result is re-opened with RESOLVE_IN_ROOT.
     """
     path = clean(path)
     try:
         return open_in_root(root_fd, path)
     except FileNotFoundError:
         pass
-    parent, name = posixpath.split(path)
-    parent_fd = ensure_in_root(root_fd, parent, True) if parent != "/" else os.dup(root_fd)
-    try:
+    todo = [c for c in path.split("/") if c]
+    done: list[str] = []
+    links = 0
+    while todo:
+        name = todo.pop(0)
+        if name == ".":
+            continue
+        if name == "..":
+            if done:
+                done.pop()
+            continue
+        parent_fd = open_in_root(root_fd, "/".join(done))
         try:
-            if is_dir:
-                os.mkdir(name, mode, dir_fd=parent_fd)
-            else:
-                os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_WRONLY, 0o644,
-                                 dir_fd=parent_fd))
-        except FileExistsError:
-            pass
-        try:
-            return open_in_root(root_fd, path)
-        except FileNotFoundError:
-            raise OSError(errno.ENOENT, f"{path}: is a dangling symlink inside the container") from None
-    finally:
-        os.close(parent_fd)
+            try:
+                st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                try:
+                    if todo or is_dir:
+                        os.mkdir(name, mode, dir_fd=parent_fd)
+                    else:
+                        os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_WRONLY | os.O_CLOEXEC,
+                                         0o644, dir_fd=parent_fd))
+                except FileExistsError:
+                    todo.insert(0, name)  # raced with another creator: look again
+                    continue
+                done.append(name)
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                links += 1
+                if links > 40:
+                    raise OSError(errno.ELOOP, f"{path}: too many levels of symbolic links")
+                target = os.readlink(name, dir_fd=parent_fd)
+                if target.startswith("/"):
+                    done = []
+                todo[:0] = [c for c in target.split("/") if c]
+                continue
+            if todo and not stat.S_ISDIR(st.st_mode):
+                raise OSError(errno.ENOTDIR, f"{path}: /{'/'.join([*done, name])} is not a directory")
+            done.append(name)
+        finally:
+            os.close(parent_fd)
+    return open_in_root(root_fd, "/".join(done))
 
 
 def is_dir_fd(fd: int) -> bool:

@@ -9,13 +9,17 @@ command fails ``create``, as it does with runc.
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: `signal` builds enums on import (~4 ms)
 import os
-import signal
+import resource
 import stat
-from typing import Any
 
 from berth.errors import CannotInvoke, CommandNotFound
 from berth.kernel import syscalls as sc
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _PERSONALITY = {"LINUX": 0x0000, "LINUX32": 0x0008}
 
@@ -28,8 +32,6 @@ def reset_signals() -> None:
 
 
 def apply_limits(process: dict[str, Any], linux: dict[str, Any]) -> None:
-    import resource
-
     for r in process.get("rlimits", []):
         resource.setrlimit(getattr(resource, r["type"]), (r["soft"], r["hard"]))
     if "oomScoreAdj" in process:
@@ -131,16 +133,20 @@ def close_fds(preserve: int, keep: set[int]) -> None:
                 pass
 
 
-def preload_libraries(linux: dict[str, Any]) -> None:
-    """Load libcap (and libseccomp) while the host's filesystem is still visible: after pivot_root
-    the dynamic loader would look for them in the container's image."""
+def preload(spec: dict[str, Any]) -> None:
+    """Load everything needed after entering the container while the host's filesystem is still
+    visible: past pivot_root (or setns into its mount namespace) neither the dynamic loader nor
+    Python's import system would find libcap, libseccomp or a not-yet-imported module."""
+    import berth.runtime.trampoline  # noqa: F401
     from berth.kernel import caps
 
     caps.load()
-    if linux.get("seccomp"):
+    if spec.get("linux", {}).get("seccomp"):
         from berth.kernel import seccomp
 
         seccomp.load()
+    if spec.get("hooks", {}).get("startContainer"):
+        import subprocess  # noqa: F401
 
 
 def install_seccomp(linux: dict[str, Any]) -> None:

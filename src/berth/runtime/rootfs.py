@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Any
 
 from berth.errors import InvalidArgument
 from berth.kernel import syscalls as sc
 from berth.runtime.paths import clean, ensure_in_root, fd_path, open_in_root
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # option → (clear?, flag). "clear" options remove the flag.
 _FLAGS: dict[str, tuple[bool, int]] = {
@@ -159,32 +162,50 @@ class RootfsBuilder:
             os.close(fd)
 
     def _mount_cgroup(self, dest: str, flags: int, kind: str) -> None:
-        """Mount the cgroup filesystem(s) the way the host lays them out (v2, v1, or hybrid)."""
+        """Mount the cgroup filesystem(s) the way the host lays them out (v2, v1, or hybrid).
+
+        In a cgroup namespace each hierarchy is mounted afresh (its root is the container's own
+        cgroup); without one, the container's own directories are bind-mounted, never the host's
+        whole tree.
+        """
+        from berth.kernel.cgroups import hierarchies
+
         flags &= ~(sc.MS_BIND | sc.MS_REC)
+        h = hierarchies()
+        by_mount: dict[str, list[str]] = {}
+        for key, (mountpoint, _root) in h.v1.items():
+            by_mount.setdefault(mountpoint, []).append(key)
+        if h.v2 is not None:
+            by_mount.setdefault(h.v2[0], []).append("")
+        if kind == "cgroup2" or not h.v1:
+            self._mount_hierarchy(dest, "", flags)
+            return
         fd = ensure_in_root(self.root_fd, dest, True)
         try:
-            target = fd_path(fd)
-            hierarchies = _cgroup_mounts()
-            if kind == "cgroup2" or ("" in hierarchies and len(hierarchies) == 1):
-                sc.mount("cgroup2", target, "cgroup2", flags)
-                return
-            sc.mount("tmpfs", target, "tmpfs", flags & ~sc.MS_RDONLY, "mode=755")
+            sc.mount("tmpfs", fd_path(fd), "tmpfs", flags & ~sc.MS_RDONLY, "mode=755")
         finally:
             os.close(fd)
-        for name, (host_mnt, options) in hierarchies.items():
-            sub = dest + "/" + (os.path.basename(host_mnt) or "unified")
-            sfd = ensure_in_root(self.root_fd, sub, True)
-            try:
-                if self.cgroupns:
-                    fstype = "cgroup2" if name == "" else "cgroup"
-                    sc.mount("cgroup", fd_path(sfd), fstype, flags, None if name == "" else options)
-                else:
-                    own = self.cgroup_paths.get(name, "/")
-                    sc.mount(host_mnt + own, fd_path(sfd), None, sc.MS_BIND)
-                    remount_bind(fd_path(sfd), flags)
-            finally:
-                os.close(sfd)
+        for mountpoint, keys in by_mount.items():
+            self._mount_hierarchy(dest + "/" + os.path.basename(mountpoint), ",".join(keys), flags)
         if flags & sc.MS_RDONLY:
+            self._with_target(dest, lambda p: remount_bind(p, flags))
+
+    def _mount_hierarchy(self, dest: str, controllers: str, flags: int) -> None:
+        own = self.cgroup_paths.get(controllers.split(",")[0])
+        if not self.cgroupns and own is None:
+            return
+        fd = ensure_in_root(self.root_fd, dest, True)
+        try:
+            if not self.cgroupns:
+                assert own is not None
+                sc.mount(own, fd_path(fd), None, sc.MS_BIND)
+            elif controllers:
+                sc.mount("cgroup", fd_path(fd), "cgroup", flags, controllers)
+            else:
+                sc.mount("cgroup2", fd_path(fd), "cgroup2", flags)
+        finally:
+            os.close(fd)
+        if not self.cgroupns:
             self._with_target(dest, lambda p: remount_bind(p, flags))
 
     def make_devices(self) -> None:
@@ -311,23 +332,6 @@ def _open_real_dev_null() -> int:
         os.close(fd)
         raise OSError(1, "/dev/null is not the null device; refusing to mask paths with it")
     return fd
-
-
-def _cgroup_mounts() -> dict[str, tuple[str, str]]:
-    """Host cgroup hierarchies: {controller-set ("" for v2): (mount point, super options)}."""
-    found: dict[str, tuple[str, str]] = {}
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            fstype, superopts = fields[sep + 1], fields[sep + 3]
-            if fstype == "cgroup2":
-                found.setdefault("", (fields[4], ""))
-            elif fstype == "cgroup":
-                names = ",".join(o for o in superopts.split(",") if o not in ("rw", "ro")
-                                 and not o.startswith("release_agent"))
-                found.setdefault(names, (fields[4], names))
-    return found
 
 
 def check_sysctl(name: str, namespaces: dict[str, str]) -> None:

@@ -11,14 +11,15 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 from berth.errors import InvalidArgument, NotFound
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.+-")
 STATE_FILE = "state.json"
 FIFO = "exec.fifo"
 
@@ -26,7 +27,7 @@ FIFO = "exec.fifo"
 def check_id(cid: str) -> None:
     if not cid:
         raise InvalidArgument("container id cannot be empty")
-    if not _ID.match(cid) or ".." in cid or len(cid) > 1024:
+    if not cid[0].isalnum() or not _ID_CHARS.issuperset(cid) or ".." in cid or len(cid) > 1024:
         raise InvalidArgument(f"invalid container id {cid!r}: use letters, digits and _ . + - only")
 
 
@@ -54,20 +55,28 @@ def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
     os.rename(tmp, path)
 
 
-@dataclass
 class Record:
-    """What ``create`` learned and later commands need."""
+    """What ``create`` learned and later commands need (a plain class: dataclasses cost start-up)."""
 
-    id: str
-    pid: int
-    pid_start: int
-    bundle: str
-    rootfs: str
-    created: str
-    owner: str
-    config: dict[str, Any]
-    cgroup_path: str
-    annotations: dict[str, str] = field(default_factory=dict)
+    def __init__(self, id: str, pid: int, pid_start: int, bundle: str, rootfs: str, created: str, owner: str,
+                 config: dict[str, Any], cgroup_paths: dict[str, str],
+                 annotations: dict[str, str] | None = None) -> None:
+        self.id = id
+        self.pid = pid
+        self.pid_start = pid_start
+        self.bundle = bundle
+        self.rootfs = rootfs
+        self.created = created
+        self.owner = owner
+        self.config = config
+        self.cgroup_paths = cgroup_paths
+        self.annotations = annotations or {}
+
+    def cgroup(self) -> Any:
+        """The container's cgroup, reopened from the directories ``create`` recorded."""
+        from berth.kernel.cgroups import open_paths
+
+        return open_paths(self.cgroup_paths)
 
     def to_json(self) -> bytes:
         return json.dumps(self.__dict__).encode()
@@ -123,10 +132,8 @@ class StateDir:
             return "stopped"
         if os.path.exists(self.fifo):
             return "created"
-        from berth.kernel.cgroups import open_cgroup
-
         try:
-            if open_cgroup(record.cgroup_path, record.id).state() == "frozen":
+            if record.cgroup().state() == "frozen":
                 return "paused"
         except Exception:
             pass

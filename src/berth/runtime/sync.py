@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 from berth import errors
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Channel:

@@ -88,6 +88,7 @@ class V1Cgroup(Cgroup):
         self.path = path
         self.dirs = {k: v.rstrip("/") for k, v in dirs.items()}
         self.unified = unified
+        self._unified_used = False  # set when apply() wrote resources to the cgroup2 half
 
     @property
     def paths(self) -> dict[str, str]:
@@ -146,6 +147,22 @@ class V1Cgroup(Cgroup):
             write(os.path.join(d, "cgroup.procs"), str(pid), f"pid {pid}")
         if self.unified is not None:
             self.unified.add(pid)
+
+    def enter(self) -> None:
+        """Move the calling process, which must be single-threaded, into the cgroup.
+
+        Each v1 hierarchy gets "0" in its ``tasks`` file: moving one thread skips the kernel's
+        global threadgroup lock, whose RCU synchronisation makes a whole-process move (the
+        ``cgroup.procs`` write ``add`` does) cost 5-25 ms. The cgroup2 half of a hybrid host has
+        no such fast path, so it is joined only when it is needed: no v1 freezer, resources that
+        only v2 holds, or other processes of the container already in it.
+        """
+        for d in self._unique_dirs():
+            write(os.path.join(d, "tasks"), "0", "the container's init")
+        if self.unified is not None and (
+            "freezer" not in self.dirs or self._unified_used or self.unified.pids()
+        ):
+            self.unified.enter()
 
     def pids(self) -> list[int]:
         """Every process in the cgroup or below it, in any hierarchy."""
@@ -258,15 +275,18 @@ class V1Cgroup(Cgroup):
             if rdma_dir is not None:
                 write_lines(os.path.join(rdma_dir, "rdma.max"), lines, f"{FIELD}.rdma")
             elif self.unified is not None and "rdma" in self.unified.controllers():
+                self._unified_used = True
                 write_lines(os.path.join(self.unified.dir, "rdma.max"), lines, f"{FIELD}.rdma")
             else:
                 raise Unsupported(f"{FIELD}.rdma: the rdma cgroup controller is not available")
         if "unified" in res:
             assert self.unified is not None
+            self._unified_used = True
             self.unified.apply_unified(res["unified"])
 
     def _apply_devices(self, rules: list[dict[str, Any]]) -> None:
         if "devices" not in self.dirs and self.unified is not None:
+            self._unified_used = True
             self.unified.apply_devices(rules)  # hybrid host without the v1 devices controller
             return
         d = self._need("devices", f"{FIELD}.devices")
@@ -399,6 +419,7 @@ class V1Cgroup(Cgroup):
         d = self.dirs.get("hugetlb")
         if d is None:
             if self.unified is not None and "hugetlb" in self.unified.controllers():
+                self._unified_used = True
                 self.unified.apply_hugetlb(limits)
                 return
             raise Unsupported(f"{FIELD}.hugepageLimits: the hugetlb cgroup controller is not available")
