@@ -34,6 +34,7 @@ def make_bundle(base: Path) -> Path:
     spec = json.loads((bundle / "config.json").read_text())
     spec["process"]["terminal"] = False
     spec["process"]["args"] = ["/bin/true"]
+    spec["ociVersion"] = "1.0.2"  # crun 1.8 refuses newer versions; nothing here needs them
     (bundle / "config.json").write_text(json.dumps(spec))
     return bundle
 
@@ -63,7 +64,8 @@ def main() -> int:
         return 2
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # measure the installed, byte-compiled berth
-    with tempfile.TemporaryDirectory(prefix="berth-bench-") as tmp:
+    # State on tmpfs, as every runtime's default root (/run/...) is.
+    with tempfile.TemporaryDirectory(prefix="berth-bench-", dir="/run") as tmp:
         base = Path(tmp)
         bundle = make_bundle(base)
         cmds = commands(base, bundle)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +27,17 @@ def rt(runtime_root: Path) -> Iterator[RT]:
 @pytest.fixture
 def cid() -> str:
     return new_id()
+
+
+@pytest.fixture(scope="session")
+def userns_rootfs(busybox_rootfs: Path) -> Iterator[Path]:
+    """The busybox rootfs where a user namespace's root (an unprivileged host uid) can reach it:
+    pytest's base directory is 0700, so the shared rootfs under it is out of that uid's reach."""
+    base = Path(tempfile.mkdtemp(prefix="berth-userns-"))
+    base.chmod(0o755)
+    shutil.copytree(busybox_rootfs, base / "rootfs", symlinks=True)
+    yield base / "rootfs"
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import stat
 import subprocess
 import sys
 import tempfile
@@ -269,7 +270,7 @@ def test_inherited_descriptors_do_not_reach_the_container(rt: Any, make_bundle: 
                                                          cid: str) -> None:
     data = tmp_path / "data"
     data.write_text("preserved-data\n")
-    bundle = make_bundle(["sh", "-c", "ls /proc/$$/fd | tr '\\n' ' '; echo; cat <&3 2>/dev/null"])
+    bundle = make_bundle(["sh", "-c", "ls /proc/$$/fd | tr '\\n' ' '; echo; [ -e /proc/$$/fd/3 ] && cat <&3; true"])
 
     code, out, err = run_with_redirections(rt, f"7<{tmp_path} 8<{data} 9<{tmp_path}", "run", "--bundle",
                                            str(bundle), cid + "a")
@@ -413,40 +414,68 @@ def test_masked_paths_that_are_symlinks_resolve_inside_the_root(rt: Any, make_bu
 # -- 5. devices --------------------------------------------------------------------------------------
 
 
-def _host_block_device() -> tuple[int, int]:
+def _readable_on_host(tmp_path: Path, kind: str, major: int, minor: int) -> bool:
+    """Whether the host itself can read the device (a sandbox may deny some): only then does a
+    denial inside the container prove the device cgroup works."""
+    node = tmp_path / f"probe-{kind}-{major}-{minor}"
+    os.mknod(node, 0o600 | (stat.S_IFBLK if kind == "b" else stat.S_IFCHR), os.makedev(major, minor))
+    try:
+        fd = os.open(node, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            return len(os.read(fd, 8192)) > 0  # kmsg refuses buffers shorter than a record
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    finally:
+        node.unlink()
+
+
+def _host_devices(tmp_path: Path) -> list[tuple[str, int, int]]:
+    """Devices a container must not reach unless its config allows them: the host's disks, and a
+    character device that is harmless to read and needs no capability (cpu_dma_latency)."""
+    found = []
     for entry in sorted(os.listdir("/sys/dev/block")):
         major, minor = (int(x) for x in entry.split(":"))
-        if major != 7:  # prefer a real disk over a loop device
-            try:
-                with open(f"/sys/dev/block/{entry}/size") as f:
-                    if int(f.read()) > 0:
-                        return major, minor
-            except OSError:
-                continue
-    pytest.skip("no block device with a medium on this host")
+        if _readable_on_host(tmp_path, "b", major, minor):
+            found.append(("b", major, minor))
+    for major, minor in ((10, 259),):
+        if _readable_on_host(tmp_path, "c", major, minor):
+            found.append(("c", major, minor))
+    if not found:
+        pytest.skip("the host itself can read none of its disks nor /dev/cpu_dma_latency")
+    return found
 
 
-@pytest.mark.parametrize("rules", ["deny-all", "absent", "empty"])
-def test_host_block_device_is_unusable(rt: Any, make_bundle: Any, rules: str) -> None:
-    major, minor = _host_block_device()
+@pytest.mark.parametrize("rules", ["deny-all", "absent", "empty", "allowed"])
+def test_host_devices_are_unusable(rt: Any, make_bundle: Any, tmp_path: Path, rules: str) -> None:
+    """With CAP_MKNOD a container can make any node; the device cgroup must still deny its use
+    unless the config allows it ("allowed" is the control proving the probe can succeed)."""
+    devices = _host_devices(tmp_path)
 
     def edit(spec: dict[str, Any]) -> None:
         add_caps(spec, "CAP_MKNOD", "CAP_DAC_OVERRIDE")
-        resources = spec["linux"]["resources"]
         if rules == "absent":
             del spec["linux"]["resources"]
         elif rules == "empty":
-            resources["devices"] = []
+            spec["linux"]["resources"]["devices"] = []
+        elif rules == "allowed":
+            spec["linux"]["resources"]["devices"] += [
+                {"allow": True, "type": kind, "major": major, "minor": minor, "access": "rm"}
+                for kind, major, minor in devices]
 
-    probe = (f"mknod /tmp/blk b {major} {minor} && echo MKNOD-OK; "
-             "echo READ=$(head -c 512 /tmp/blk 2>/dev/null | wc -c); "
-             f"mknod /dev/blk2 b {major} {minor} && echo MKNOD-DEV-OK; "
-             "echo READ2=$(head -c 512 /dev/blk2 2>/dev/null | wc -c); "
-             "echo ok > /dev/null && echo NULL-OK; echo ZERO=$(head -c 4 /dev/zero | wc -c)")
+    probe = ""
+    for i, (kind, major, minor) in enumerate(devices):
+        probe += (f"mknod /tmp/d{i} {kind} {major} {minor}; mknod /dev/d{i} {kind} {major} {minor}; "
+                  f"echo READ{i}=$(timeout 2 cat /tmp/d{i} 2>/dev/null | head -c 4 | wc -c); "
+                  f"echo READDEV{i}=$(timeout 2 cat /dev/d{i} 2>/dev/null | head -c 4 | wc -c); ")
+    probe += "echo ok > /dev/null && echo NULL-OK; echo ZERO=$(head -c 4 /dev/zero | wc -c)"
     res = rt.run(make_bundle(["sh", "-c", probe], writable=True, edit=edit))
     assert res.returncode == 0, res.stderr
-    assert "READ=0\n" in res.stdout and "READ2=0\n" in res.stdout, res.stdout
-    # The default devices still work.
+    want = 4 if rules == "allowed" else 0
+    for i in range(len(devices)):
+        assert f"READ{i}={want}\n" in res.stdout and f"READDEV{i}={want}\n" in res.stdout, (devices[i], res.stdout)
+    # The default devices work whatever the rules.
     assert "NULL-OK" in res.stdout and "ZERO=4" in res.stdout, res.stdout
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-from functools import cache
 
 # Namespace clone flags (linux/sched.h).
 CLONE_NEWNS = 0x00020000
@@ -73,6 +72,8 @@ RESOLVE_BENEATH = 0x08
 RESOLVE_IN_ROOT = 0x10
 
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+# Read once at import: under a LINUX32 personality uname(2) reports i686 for this same x86_64 process.
+_MACHINE = os.uname().machine
 _SYS_OPENAT2 = 437  # same number on every architecture (new syscall table)
 _SYS_PIDFD_SEND_SIGNAL = 424
 
@@ -81,9 +82,14 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
-@cache
+_LIBC: ctypes.CDLL | None = None
+
+
 def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL("libc.so.6", use_errno=True)
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
+    return _LIBC
 
 
 def _check(result: int, what: str, path: str | None = None) -> int:
@@ -114,7 +120,7 @@ def umount2(target: str, flags: int = 0) -> None:
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
-    nr = _SYS_PIVOT_ROOT.get(os.uname().machine)
+    nr = _SYS_PIVOT_ROOT.get(_MACHINE)
     if nr is None:
         raise OSError(38, "pivot_root: unsupported architecture")
     _check(_libc().syscall(nr, _b(new_root), _b(put_old)), "pivot_root", new_root)

@@ -8,9 +8,8 @@ every field the runtime reads has the type and shape the spec gives it. Errors n
 
 from __future__ import annotations
 
-import json
-
 from berth.errors import InvalidArgument
+from berth.oci import jsonc as json
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

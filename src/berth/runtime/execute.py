@@ -57,7 +57,12 @@ def exec_process(root: str, cid: str, process: dict[str, Any], *, detach: bool =
         os.close(target)
     cgroup = record.cgroup()
     parent, child = pair()
+    # The child is born inside the container's pid namespace: non-dumpable from its first instant,
+    # so no container process can open /proc/PID/exe (the host's Python) or its descriptors.
+    proc.set_dumpable(False)
     pid = os.fork()
+    if pid:
+        proc.set_dumpable(True)
     if pid and own_pidns is not None:
         sc.setns(own_pidns, sc.CLONE_NEWPID)
         os.close(own_pidns)
@@ -139,6 +144,7 @@ def _child(spec: dict[str, Any], process: dict[str, Any], fds: list[tuple[int, i
         from berth.runtime import trampoline
 
         tramp_fd = trampoline.sealed_fd()
+        proc.set_personality(linux)
         nnp = bool(process.get("noNewPrivileges"))
         if nnp:
             sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 from berth.errors import BerthError
+from berth.oci import jsonc as json
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -37,6 +37,9 @@ class Launch:
         self.cgroup_paths = cgroup_paths or {}
         self.cgroup: Any = None  # the container's cgroup, entered by the child itself
         self.console_fd: int | None = None
+        # The exec fifo, opened (O_PATH) by the parent: the child may no longer be able to reach the
+        # state directory by path (a user namespace's root cannot search a 0700 --root).
+        self.fifo_fd: int | None = None
         self.userns = ""  # "", "new" or "join"
         self.userns_fd: int | None = None
         self.join: list[tuple[int, int]] = []  # (fd, CLONE_*) to setns
@@ -50,7 +53,7 @@ def child_main(launch: Launch, chan: Channel) -> None:
     try:
         proc.reset_signals()
         keep = {chan.read_fd, chan.write_fd, *(fd for fd, _ in launch.join)}
-        keep.update(fd for fd in (launch.console_fd, launch.userns_fd) if fd is not None)
+        keep.update(fd for fd in (launch.console_fd, launch.userns_fd, launch.fifo_fd) if fd is not None)
         proc.close_fds(launch.preserve_fds, keep)
         launch.cgroup.enter()
         chan.expect("G")
@@ -100,6 +103,7 @@ def _init(launch: Launch, chan: Channel) -> None:
     rb.prepare()
     rb.mount_all()
     rb.make_devices()
+    rb.make_cwd(process["cwd"])
     chan.send("H")
     state = chan.expect("G")
     run_hooks(spec, "createContainer", state)
@@ -108,12 +112,13 @@ def _init(launch: Launch, chan: Channel) -> None:
     slave = _console(launch, rb.root_fd, process) if process.get("terminal") else None
     proc.apply_limits(process, linux)
     proc.preload(spec)
-    fifo_fd = os.open(launch.fifo, os.O_PATH | os.O_CLOEXEC)
+    fifo_fd = launch.fifo_fd if launch.fifo_fd is not None else os.open(launch.fifo, os.O_PATH | os.O_CLOEXEC)
     from berth.runtime import trampoline
 
     tramp_fd = trampoline.sealed_fd()
     rb.pivot(launch.no_pivot)
     rb.finish()
+    proc.set_personality(linux)
     os.setsid()
     if slave is not None:
         console.take_terminal(slave)

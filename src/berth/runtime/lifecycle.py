@@ -43,8 +43,19 @@ DEFAULT_ALLOWED_DEVICES = [
 
 def _resources(spec: dict[str, Any]) -> dict[str, Any]:
     resources = dict(spec.get("linux", {}).get("resources") or {})
+    if "devices" not in resources and os.geteuid() == 0:
+        # No rules is no access, as with runc: the new cgroup would otherwise inherit "a *:* rwm"
+        # and a container with CAP_MKNOD could read and write the host's disks.
+        resources["devices"] = []
     if "devices" in resources:
-        resources["devices"] = list(resources["devices"]) + DEFAULT_ALLOWED_DEVICES
+        # The nodes the config asks the runtime to create are usable, as with runc: without the
+        # rule even their mknod would be refused by the device cgroup the init already sits in.
+        listed = [{"allow": True, "type": "c" if d["type"] == "u" else d["type"], "major": d.get("major", 0),
+                   "minor": d.get("minor", 0), "access": "rwm"}
+                  for d in spec.get("linux", {}).get("devices") or [] if d.get("type") in ("c", "u", "b")]
+        # Rules apply on top of "deny all" (an empty or allow-only list must not mean "allow all").
+        resources["devices"] = [{"allow": False, "access": "rwm"}, *resources["devices"],
+                                *DEFAULT_ALLOWED_DEVICES, *listed]
     return resources
 
 
@@ -103,6 +114,7 @@ def create(root: str, cid: str, bundle: str, *, pid_file: str | None = None,
         cgroup.create()
         cgroup.apply(_resources(spec))
         os.mkfifo(sd.fifo, 0o622)
+        os.chmod(sd.fifo, 0o622)  # past the umask: a non-root container user opens it for writing
         record = Record(id=cid, pid=0, pid_start=0, bundle=bundle, rootfs=rootfs, created=now_rfc3339(),
                         owner="" if os.geteuid() == 0 else str(os.geteuid()), config=spec,
                         cgroup_paths=cgroup.paths, annotations=spec.get("annotations", {}))
@@ -206,6 +218,7 @@ def _spawn(sd: StateDir, record: Record, spec: dict[str, Any], cgroup: Any, cons
         launch.console_fd = connect(console_socket)
     if subreaper:
         sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+    launch.fifo_fd = os.open(sd.fifo, os.O_PATH | os.O_CLOEXEC)
     parent, child = pair()
     own_pidns = None
     if new_pid_here or join_pid_fd is not None:
@@ -214,7 +227,12 @@ def _spawn(sd: StateDir, record: Record, spec: dict[str, Any], cgroup: Any, cons
             sc.setns(join_pid_fd, sc.CLONE_NEWPID)
         else:
             sc.unshare(sc.CLONE_NEWPID)
+    # Fork non-dumpable: the child may be born into a pid namespace other processes share, and must
+    # never show them /proc/PID/{exe,fd,mem} of the runtime's Python, even before it runs a line.
+    sc.prctl(sc.PR_SET_DUMPABLE, 0)
     pid = os.fork()
+    if pid:
+        sc.prctl(sc.PR_SET_DUMPABLE, 1)
     if pid and own_pidns is not None:
         sc.setns(own_pidns, sc.CLONE_NEWPID)
         os.close(own_pidns)
@@ -226,6 +244,7 @@ def _spawn(sd: StateDir, record: Record, spec: dict[str, Any], cgroup: Any, cons
         os.close(fd)
     if launch.console_fd is not None:
         os.close(launch.console_fd)
+    os.close(launch.fifo_fd)
     init_pid = pid
     try:
         parent.send("G")

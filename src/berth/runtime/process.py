@@ -10,6 +10,7 @@ command fails ``create``, as it does with runc.
 from __future__ import annotations
 
 import _signal as signal  # the C module: `signal` builds enums on import (~4 ms)
+import errno
 import os
 import resource
 import stat
@@ -37,6 +38,11 @@ def apply_limits(process: dict[str, Any], linux: dict[str, Any]) -> None:
     if "oomScoreAdj" in process:
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write(str(process["oomScoreAdj"]))
+
+
+def set_personality(linux: dict[str, Any]) -> None:
+    """``linux.personality``; set last before the exec barrier, since LINUX32 changes what uname(2)
+    reports and the runtime picks syscall numbers and its trampoline by machine."""
     persona = linux.get("personality")
     if persona:
         sc.personality(_PERSONALITY[persona["domain"]])
@@ -112,10 +118,16 @@ def enter_cwd(cwd: str) -> None:
     A cwd reached through a descriptor leaked from the runtime (``/proc/self/fd/N``) would be a
     host directory; getcwd(2) reports such a directory as unreachable, so refuse it.
     """
-    os.chdir(cwd)
-    here = os.getcwd()
+    try:
+        os.chdir(cwd)
+    except OSError as e:
+        raise OSError(e.errno, f"process.cwd {cwd}: {e.strerror}") from None
+    try:
+        here = os.getcwd()  # glibc fails with ENOENT for "(unreachable)/..."
+    except OSError:
+        here = ""
     if not here.startswith("/"):
-        raise OSError(1, f"process.cwd {cwd}: resolves outside the container's root")
+        raise OSError(errno.EPERM, f"process.cwd {cwd}: resolves outside the container's root")
 
 
 def close_fds(preserve: int, keep: set[int]) -> None:

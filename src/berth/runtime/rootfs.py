@@ -93,8 +93,18 @@ class RootfsBuilder:
         self.root_fd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def prepare(self) -> None:
-        """Detach from the host's propagation and make the rootfs a mount point of its own."""
-        sc.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)
+        """Detach from the host's propagation and make the rootfs a mount point of its own.
+
+        By default every mount becomes a slave of the host's. With ``rootfsPropagation`` (as runc
+        does) the namespace's mounts take that propagation instead, so that an ``rshared`` bind of a
+        shared host mount stays its peer and mounts made in the container reach the host. The mount
+        holding the rootfs is made private first: pivot_root refuses a shared parent, and the
+        rootfs's own bind must not propagate out.
+        """
+        prop = self.spec.get("linux", {}).get("rootfsPropagation")
+        sc.mount(None, "/", None, PROPAGATION[prop] if prop else sc.MS_REC | sc.MS_SLAVE)
+        if prop:
+            _make_parent_mount_private(self.rootfs)
         sc.mount(self.rootfs, self.rootfs, None, sc.MS_BIND | sc.MS_REC)
         sc.mount(None, self.rootfs, None, sc.MS_PRIVATE)
         os.close(self.root_fd)
@@ -208,6 +218,14 @@ class RootfsBuilder:
         if not self.cgroupns:
             self._with_target(dest, lambda p: remount_bind(p, flags))
 
+    def make_cwd(self, cwd: str) -> None:
+        """Create the process's cwd when the image lacks it, as runc does: as root, inside the root,
+        before any read-only remount. Failing here is not fatal; chdir reports it as the user."""
+        try:
+            os.close(ensure_in_root(self.root_fd, cwd, True))
+        except OSError:
+            pass
+
     def make_devices(self) -> None:
         """Default devices and ``linux.devices``: mknod, or bind from the host inside a user namespace."""
         if self._dev_is_host_bind():
@@ -307,10 +325,17 @@ class RootfsBuilder:
             sc.mount(self.rootfs, "/", None, sc.MS_MOVE)
             os.chroot(".")
         else:
-            sc.pivot_root(".", ".")
-            # The old root is now stacked on "/"; detach it without telling the host.
-            sc.mount(None, ".", None, sc.MS_SLAVE | sc.MS_REC)
-            sc.umount2(".", sc.MNT_DETACH)
+            old_root = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                sc.pivot_root(".", ".")
+                # The old root is now stacked on "/"; detach it without telling the host. mount(2)
+                # does not cross the mount stacked on the cwd when resolving ".", so step into the
+                # old root first: rslave on the new root would undo the container's rshared mounts.
+                os.fchdir(old_root)
+                sc.mount(None, ".", None, sc.MS_SLAVE | sc.MS_REC)
+                sc.umount2(".", sc.MNT_DETACH)
+            finally:
+                os.close(old_root)
         os.chdir("/")
         os.close(self.root_fd)
 
@@ -321,6 +346,24 @@ class RootfsBuilder:
             sc.mount(None, "/", None, PROPAGATION[prop])
         if self.spec["root"].get("readonly"):
             remount_bind("/", sc.MS_RDONLY)
+
+
+def _make_parent_mount_private(path: str) -> None:
+    """Make the mount that ``path`` lies on private (in this namespace) if it is shared."""
+    import codecs
+
+    best, shared = "", False
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            mnt = fields[4]
+            if "\\" in mnt:  # octal escapes (\040 for a space)
+                mnt = codecs.escape_decode(mnt.encode())[0].decode()
+            if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                best = mnt  # the longest match; a later line is a mount stacked on an earlier one
+                shared = any(o.startswith("shared:") for o in fields[6:fields.index("-")])
+    if best and shared:
+        sc.mount(None, best, None, sc.MS_PRIVATE)
 
 
 def _open_real_dev_null() -> int:

@@ -9,11 +9,11 @@ is never stored: it is derived from the process (gone or a zombie → stopped), 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import time
 
 from berth.errors import InvalidArgument, NotFound
+from berth.oci import jsonc as json
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

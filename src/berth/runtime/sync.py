@@ -7,10 +7,10 @@ error's class name and text, so the parent re-raises it with the right exit code
 
 from __future__ import annotations
 
-import json
 import os
 
 from berth import errors
+from berth.oci import jsonc as json
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
