@@ -242,6 +242,33 @@ def test_proc_self_exe_script_cannot_run_or_touch_the_host_interpreter(
     assert (stat_after.st_size, stat_after.st_mtime_ns) == (stat_before.st_size, stat_before.st_mtime_ns)
 
 
+@pytest.mark.parametrize("nnp", [True, False])
+def test_proc_self_exe_stays_sealed_when_seccomp_denies_execveat(rt: Any, make_bundle: Any, nnp: bool) -> None:
+    """A profile that refuses execveat must not make the runtime exec the command itself (then
+    /proc/self/exe would be the host's Python while the kernel looks up the script's interpreter)."""
+    interpreter = os.path.realpath(sys.executable)
+    digest = sha256(interpreter)
+
+    def edit(spec: dict[str, Any]) -> None:
+        spec["process"]["noNewPrivileges"] = nnp
+        spec["linux"]["seccomp"] = {
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["execveat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+        }
+
+    bundle = make_bundle(["/evil.sh"], writable=True, edit=edit)
+    _plant_evil(bundle / "rootfs")
+    res = rt.run(bundle)
+    assert res.returncode != 0
+    assert "python" not in res.stderr.lower(), res.stderr
+    assert not (bundle / "rootfs/pwned").exists()
+    assert sha256(interpreter) == digest
+    # Ordinary commands still run under that profile.
+    res = rt.run(make_bundle(["sh", "-c", "echo fine"], edit=edit))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "fine\n"
+
+
 def test_waiting_init_is_not_dumpable(rt: Any, make_bundle: Any, cid: str) -> None:
     """While created, pid 1 is the runtime's (Python) init: no container process may reach its exe,
     fds, memory or root through /proc."""

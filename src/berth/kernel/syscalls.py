@@ -74,6 +74,8 @@ RESOLVE_IN_ROOT = 0x10
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 # Read once at import: under a LINUX32 personality uname(2) reports i686 for this same x86_64 process.
 _MACHINE = os.uname().machine
+_SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}
+_KEYCTL_JOIN_SESSION_KEYRING = 1
 _SYS_OPENAT2 = 437  # same number on every architecture (new syscall table)
 _SYS_PIDFD_SEND_SIGNAL = 424
 
@@ -155,3 +157,11 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> i
 
 def pidfd_send_signal(pidfd: int, sig: int) -> None:
     _check(_libc().syscall(_SYS_PIDFD_SEND_SIGNAL, pidfd, sig, None, 0), "pidfd_send_signal")
+
+
+def join_session_keyring(name: str) -> None:
+    """Give the process a new session keyring, so containers never share the caller's keys."""
+    nr = _SYS_KEYCTL.get(os.uname().machine)
+    if nr is None:
+        raise OSError(38, "keyctl: unsupported architecture")
+    _check(_libc().syscall(nr, _KEYCTL_JOIN_SESSION_KEYRING, _b(name)), "keyctl")

@@ -179,7 +179,8 @@ class Runtime:
 
         lifecycle.create(self.root, _one_id(args, "create"), opts.get("bundle") or ".",
                          pid_file=opts.get("pid_file"), console_socket=opts.get("console_socket"),
-                         no_pivot=bool(opts.get("no_pivot")), preserve_fds=_int(opts, "preserve_fds"))
+                         no_pivot=bool(opts.get("no_pivot")), preserve_fds=_int(opts, "preserve_fds"),
+                         no_new_keyring=bool(opts.get("no_new_keyring")))
         return 0
 
     def cmd_run(self, opts: dict[str, Any], args: list[str]) -> int:
@@ -187,10 +188,25 @@ class Runtime:
 
         cid = _one_id(args, "run")
         detach = bool(opts.get("detach"))
-        record = lifecycle.create(
-            self.root, cid, opts.get("bundle") or ".", pid_file=opts.get("pid_file"),
-            console_socket=opts.get("console_socket"), no_pivot=bool(opts.get("no_pivot")),
-            preserve_fds=_int(opts, "preserve_fds"), subreaper=not detach and not opts.get("no_subreaper"))
+        bundle = opts.get("bundle") or "."
+        console_socket = opts.get("console_socket")
+        receiver = None
+        if not console_socket and not detach and _wants_terminal(bundle):
+            from berth.runtime.console import Receiver
+
+            receiver = Receiver()
+            console_socket = receiver.path
+        try:
+            record = lifecycle.create(
+                self.root, cid, bundle, pid_file=opts.get("pid_file"),
+                console_socket=console_socket, no_pivot=bool(opts.get("no_pivot")),
+                preserve_fds=_int(opts, "preserve_fds"), subreaper=not detach and not opts.get("no_subreaper"),
+                no_new_keyring=bool(opts.get("no_new_keyring")))
+        except BaseException:
+            if receiver is not None:
+                receiver.close()
+            raise
+        master = receiver.master() if receiver is not None else None
         from berth.runtime.execute import _forwarding_signals, forward_signals
 
         if not detach:
@@ -202,7 +218,12 @@ class Runtime:
             raise
         if detach:
             return 0
-        status = _forwarding_signals(record.pid, lifecycle.wait_exit)
+        if master is not None:
+            from berth.runtime.console import relay
+
+            status = relay(master, record.pid, lifecycle.wait_exit)
+        else:
+            status = _forwarding_signals(record.pid, lifecycle.wait_exit)
         if not opts.get("keep"):
             lifecycle.delete(self.root, cid, force=True)
         return status
@@ -366,6 +387,16 @@ class Runtime:
             if opts.get("stats"):
                 return 0
             time.sleep(interval)
+
+
+def _wants_terminal(bundle: str) -> bool:
+    from berth.oci import jsonc
+
+    try:
+        with open(os.path.join(bundle, "config.json"), "rb") as f:
+            return bool(jsonc.loads(f.read()).get("process", {}).get("terminal"))
+    except (OSError, ValueError, AttributeError):
+        return False  # create reports what is wrong with the config
 
 
 def _exec_process_from_flags(base: dict[str, Any], command: list[str], opts: dict[str, Any]) -> dict[str, Any]:

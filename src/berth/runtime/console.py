@@ -66,3 +66,96 @@ def connect(path: str) -> int:
         sock.close()
         raise InvalidArgument(f"--console-socket {path}: {e.strerror}") from None
     return sock.detach()
+
+
+class Receiver:
+    """A console socket of our own, for ``run`` in the foreground with a terminal and no
+    ``--console-socket``: the runtime itself then holds the master and relays the user's terminal."""
+
+    def __init__(self) -> None:
+        import socket
+        import tempfile
+
+        self._dir = tempfile.mkdtemp(prefix="berth-console-")
+        self.path = os.path.join(self._dir, "console.sock")
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(self.path)
+        self._sock.listen(1)
+
+    def master(self) -> int:
+        """Accept the runtime child's connection and take the master it sends."""
+        import socket
+
+        conn, _ = self._sock.accept()
+        try:
+            _msg, fds, _flags, _addr = socket.recv_fds(conn, 1024, 1)
+        finally:
+            conn.close()
+            self.close()
+        if not fds:
+            raise OSError(5, "the container sent no terminal")
+        return fds[0]
+
+    def close(self) -> None:
+        self._sock.close()
+        try:
+            os.unlink(self.path)
+            os.rmdir(self._dir)
+        except OSError:
+            pass
+
+
+def relay(master: int, pid: int, wait: Any) -> int:
+    """Copy the user's terminal to the container's and back until ``pid`` exits; return its status.
+
+    Our stdin is put in raw mode (when it is a terminal) so keys reach the container untouched,
+    and restored afterwards whatever happens.
+    """
+    import select
+    import termios
+    import threading
+    import tty
+
+    saved = None
+    if os.isatty(0):
+        saved = termios.tcgetattr(0)
+        tty.setraw(0)
+        try:
+            rows, cols = os.get_terminal_size(0)
+            fcntl.ioctl(master, TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        except OSError:
+            pass
+    result: list[int] = []
+
+    def reap() -> None:
+        result.append(wait(pid))
+
+    waiter = threading.Thread(target=reap, daemon=True)
+    waiter.start()
+    stdin_open = True
+    try:
+        while True:
+            watch = [master, 0] if stdin_open else [master]
+            ready, _, _ = select.select(watch, [], [], 0.1)
+            if master in ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    break
+                os.write(1, data)
+            if 0 in ready:
+                data = os.read(0, 65536)
+                if data:
+                    os.write(master, data)
+                else:
+                    stdin_open = False
+            if not waiter.is_alive() and not select.select([master], [], [], 0)[0]:
+                break
+    finally:
+        if saved is not None:
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
+        os.close(master)
+    waiter.join()
+    return result[0]

@@ -10,6 +10,7 @@ or ``os._exit``.
 
 from __future__ import annotations
 
+import errno
 import os
 
 from berth.kernel import syscalls as sc
@@ -35,6 +36,7 @@ class Launch:
         self.no_pivot = no_pivot
         self.preserve_fds = preserve_fds
         self.cgroup_paths = cgroup_paths or {}
+        self.session_keyring = ""  # name of a new session keyring, "" with --no-new-keyring
         self.cgroup: Any = None  # the container's cgroup, entered by the child itself
         self.console_fd: int | None = None
         # The exec fifo, opened (O_PATH) by the parent: the child may no longer be able to reach the
@@ -87,6 +89,12 @@ def _init(launch: Launch, chan: Channel) -> None:
     process = spec["process"]
     proc.set_dumpable(False)
     ns = launch.namespaces
+    if launch.session_keyring:
+        try:
+            sc.join_session_keyring(launch.session_keyring)
+        except OSError as e:
+            if e.errno not in (errno.ENOSYS, errno.EACCES, errno.EPERM, errno.EDQUOT):
+                raise
     if "uts" in ns and not ns["uts"]:
         if "hostname" in spec:
             sc.sethostname(spec["hostname"])

@@ -88,7 +88,7 @@ def _validate_deep(spec: dict[str, Any]) -> None:
 
 def create(root: str, cid: str, bundle: str, *, pid_file: str | None = None,
            console_socket: str | None = None, no_pivot: bool = False, preserve_fds: int = 0,
-           subreaper: bool = False) -> Record:
+           subreaper: bool = False, no_new_keyring: bool = False) -> Record:
     sd = StateDir(root, cid)
     bundle = os.path.abspath(bundle)
     spec = runtime_config.load(os.path.join(bundle, "config.json"))
@@ -118,7 +118,8 @@ def create(root: str, cid: str, bundle: str, *, pid_file: str | None = None,
         record = Record(id=cid, pid=0, pid_start=0, bundle=bundle, rootfs=rootfs, created=now_rfc3339(),
                         owner="" if os.geteuid() == 0 else str(os.geteuid()), config=spec,
                         cgroup_paths=cgroup.paths, annotations=spec.get("annotations", {}))
-        pid = _spawn(sd, record, spec, cgroup, console_socket, no_pivot, preserve_fds, subreaper)
+        pid = _spawn(sd, record, spec, cgroup, console_socket, no_pivot, preserve_fds, subreaper,
+                     "" if no_new_keyring else f"_ses.{cid}")
         record.pid = pid
         record.pid_start = proc_start_time(pid) or 0
         sd.save(record)
@@ -206,10 +207,11 @@ def _open_ns(path: str, kind: str) -> int:
 
 
 def _spawn(sd: StateDir, record: Record, spec: dict[str, Any], cgroup: Any, console_socket: str | None,
-           no_pivot: bool, preserve_fds: int, subreaper: bool) -> int:
+           no_pivot: bool, preserve_fds: int, subreaper: bool, session_keyring: str) -> int:
     launch = Launch(spec=spec, rootfs=record.rootfs, bundle=record.bundle, fifo=sd.fifo, no_pivot=no_pivot,
                     preserve_fds=preserve_fds, cgroup_paths=record.cgroup_paths)
     launch.cgroup = cgroup
+    launch.session_keyring = session_keyring
     join_pid_fd = _namespace_plan(spec, launch)
     new_pid_here = "pid" in launch.namespaces and not launch.namespaces["pid"] and not launch.userns
     if console_socket:
