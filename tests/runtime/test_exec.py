@@ -187,3 +187,49 @@ def test_exec_many_concurrently(rt: RT, running: str) -> None:
         assert p.returncode == 0
     assert sorted(outs) == [str(i) for i in range(6)]
     wait_for(lambda: rt.state(running)["status"] == "running", what="container still running")
+
+
+def test_exec_into_user_namespace(rt: RT, make_bundle: Any, cid: str, userns_rootfs: Path) -> None:
+    def edit(spec: dict[str, Any]) -> None:
+        spec["root"]["path"] = str(userns_rootfs)
+        spec["linux"]["namespaces"].append({"type": "user"})
+        spec["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 300000, "size": 65536}]
+        spec["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 300000, "size": 65536}]
+
+    rt("run", "-d", "--bundle", str(make_bundle(["sleep", "1000"], edit=edit)), cid)
+    res = rt("exec", cid, "sh", "-c", "cat /proc/self/uid_map; id -u; hostname")
+    assert res.stdout.split() == ["0", "300000", "65536", "0", "berth"]
+    res = rt("exec", "--user", "1000:1000", cid, "id", "-u")
+    assert res.stdout.strip() == "1000"
+
+
+def test_exec_without_pid_namespace(rt: RT, make_bundle: Any, cid: str) -> None:
+    def edit(spec: dict[str, Any]) -> None:
+        spec["linux"]["namespaces"] = [n for n in spec["linux"]["namespaces"] if n["type"] != "pid"]
+
+    rt("run", "-d", "--bundle", str(make_bundle(["sleep", "1000"], edit=edit)), cid)
+    res = rt("exec", cid, "sh", "-c", "echo $$")
+    assert int(res.stdout) > 1
+
+
+def test_join_user_namespace_by_path(rt: RT, make_bundle: Any, cid: str, userns_rootfs: Path) -> None:
+    def first(spec: dict[str, Any]) -> None:
+        spec["root"]["path"] = str(userns_rootfs)
+        spec["linux"]["namespaces"].append({"type": "user"})
+        spec["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 400000, "size": 65536}]
+        spec["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 400000, "size": 65536}]
+
+    rt("run", "-d", "--bundle", str(make_bundle(["sleep", "1000"], edit=first)), cid)
+    pid = rt.state(cid)["pid"]
+
+    def second(spec: dict[str, Any]) -> None:
+        spec["root"]["path"] = str(userns_rootfs)
+        spec["linux"]["namespaces"] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")] + [
+            {"type": "user", "path": f"/proc/{pid}/ns/user"}, {"type": "network", "path": f"/proc/{pid}/ns/net"}]
+
+    res = rt.run(make_bundle(["sh", "-c", "cat /proc/self/uid_map; readlink /proc/self/ns/user;"
+                                          "readlink /proc/self/ns/net"], edit=second))
+    assert res.returncode == 0, res.stderr
+    out = res.stdout.split()
+    assert out[:3] == ["0", "400000", "65536"]
+    assert out[3:] == [os.readlink(f"/proc/{pid}/ns/user"), os.readlink(f"/proc/{pid}/ns/net")]

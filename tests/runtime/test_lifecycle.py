@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rt_helpers import RT, cgroup_dir, new_id, wait_file, wait_for, write_json
+from rt_helpers import RT, cgroup_dir, cgroup_path_dir, new_id, wait_file, wait_for, write_json
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 
@@ -247,6 +247,10 @@ def test_ps(rt: RT, make_bundle: Any, cid: str) -> None:
     col = table[0].split().index("PID")
     assert sorted(int(line.split()[col]) for line in table[1:]) == sorted(pids)
     assert any("sleep 1000" in line for line in table[1:])
+    # Arguments after the id are ps(1)'s own, as with runc.
+    custom = rt("ps", cid, "-e", "-o", "pid,args").stdout.splitlines()
+    assert custom[0].split() == ["PID", "COMMAND"]
+    assert sorted(int(line.split()[0]) for line in custom[1:]) == sorted(pids)
 
 
 # --- pause / resume / update / events --------------------------------------------------------------
@@ -453,16 +457,6 @@ def test_umoci_bundle_runs(rt: RT, umoci_bundle: Path, tmp_path: Path) -> None:
     assert res.stdout == "hello from umoci\n"
 
 
-def test_umoci_bundle_unmodified_config(rt: RT, umoci_bundle: Path, tmp_path: Path) -> None:
-    """umoci's own config (terminal off, /bin/sh) reads a script from stdin."""
-    spec = json.loads((umoci_bundle / "config.json").read_text())
-    if spec["process"].get("terminal"):
-        pytest.skip("umoci wrote a config with a terminal")
-    res = rt("run", "--bundle", str(umoci_bundle), new_id(), input="echo from-stdin\n", check=False)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout == "from-stdin\n"
-
-
 def test_no_pivot(rt: RT, make_bundle: Any) -> None:
     res = rt.run(make_bundle(["sh", "-c", "ls /; echo done"]), "--no-pivot")
     assert res.returncode == 0, res.stderr
@@ -478,3 +472,138 @@ def test_preserve_fds(rt: RT, make_bundle: Any, tmp_path: Path) -> None:
                          text=True, timeout=30, stdin=subprocess.DEVNULL, check=False)
     assert res.returncode == 0, res.stderr
     assert res.stdout == "passed-fd\n"
+
+
+def test_listen_fds(rt: RT, make_bundle: Any, tmp_path: Path) -> None:
+    """The CLI contract's LISTEN_FDS: systemd socket activation passes fds 3.. to the container."""
+    (tmp_path / "a").write_text("first\n")
+    (tmp_path / "b").write_text("second\n")
+    (tmp_path / "c").write_text("preserved\n")
+    script = 'echo "$LISTEN_FDS $LISTEN_PID"; cat <&3; cat <&4; cat <&5'
+    argv = rt.argv("run", "--preserve-fds", "1", "--bundle", str(make_bundle(["sh", "-c", script])), new_id())
+    shell = 'exec 3<"$0/a" 4<"$0/b" 5<"$0/c"; export LISTEN_FDS=2 LISTEN_PID=$$; exec "$@"'
+    res = subprocess.run(["sh", "-c", shell, str(tmp_path), *argv], capture_output=True, text=True, timeout=30,
+                         stdin=subprocess.DEVNULL, check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["2 1", "first", "second", "preserved"]
+
+
+def test_listen_fds_for_another_process_are_ignored(rt: RT, make_bundle: Any, tmp_path: Path) -> None:
+    (tmp_path / "a").write_text("first\n")
+    argv = rt.argv("run", "--bundle", str(make_bundle(["sh", "-c", 'echo "[$LISTEN_FDS]"; cat <&3'])), new_id())
+    shell = 'exec 3<"$0/a"; export LISTEN_FDS=1 LISTEN_PID=1; exec "$@"'
+    res = subprocess.run(["sh", "-c", shell, str(tmp_path), *argv], capture_output=True, text=True, timeout=30,
+                         stdin=subprocess.DEVNULL, check=False)
+    assert res.stdout.splitlines() == ["[]"]
+    assert res.returncode != 0
+
+
+# --- edge cases of the lifecycle ---------------------------------------------------------------------
+
+
+def test_run_missing_command_is_127_and_leaves_nothing(rt: RT, make_bundle: Any, cid: str) -> None:
+    res = rt.run(make_bundle(["no-such-command"]), cid=cid)
+    assert res.returncode == 127
+    assert "no-such-command" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert rt.status(cid) == "gone"
+    assert not (rt.root / cid).exists()
+
+
+def test_create_missing_command_fails_create(rt: RT, make_bundle: Any, cid: str) -> None:
+    res = rt("create", "--bundle", str(make_bundle(["/bin/nope"])), cid, check=False)
+    assert res.returncode != 0 and "/bin/nope" in res.stderr
+    assert rt.status(cid) == "gone"
+
+
+def test_kill_created_container(rt: RT, make_bundle: Any, cid: str) -> None:
+    rt("create", "--bundle", str(make_bundle(SLEEP)), cid)
+    rt("kill", cid, "KILL")
+    rt.wait_status(cid, "stopped")
+    res = rt("start", cid, check=False)
+    assert res.returncode != 0 and "stopped" in res.stderr
+    rt("delete", cid)
+    assert rt.status(cid) == "gone"
+
+
+def test_run_from_bundle_cwd_and_relative_pid_file(rt: RT, make_bundle: Any, cid: str) -> None:
+    bundle = make_bundle(SLEEP)
+    rt("create", cid, "--pid-file", "rel.pid", cwd=bundle)
+    state = rt.state(cid)
+    assert state["bundle"] == str(bundle)
+    assert int((bundle / "rel.pid").read_text()) == state["pid"]
+
+
+def test_detached_container_that_exits(rt: RT, make_bundle: Any, cid: str) -> None:
+    rt("run", "-d", "--bundle", str(make_bundle(["true"])), cid)
+    rt.wait_status(cid, "stopped")
+    state = rt.state(cid)
+    assert state["pid"] == 0 or not Path(f"/proc/{state['pid']}").exists()
+    assert [s["status"] for s in rt("list", "--format", "json").json()] == ["stopped"]
+    assert rt("events", "--stats", cid, check=False).returncode != 0
+    assert rt("ps", "--format", "json", cid).json() in ([], None)
+    rt("delete", cid)
+    assert rt.status(cid) == "gone"
+
+
+def test_delete_stopped_kills_leftover_processes(rt: RT, make_bundle: Any, cid: str) -> None:
+    """Without a pid namespace the init's children outlive it: delete must still clean the cgroup."""
+    rt("run", "-d", "--bundle", str(make_bundle(["sh", "-c", "sleep 1000 & exit 0"], edit=_no_pidns)), cid)
+    rt.wait_status(cid, "stopped")
+    cg = cgroup_path_dir("pids", f"/berth/{cid}")
+    leftovers = [int(p) for p in (cg / "cgroup.procs").read_text().split()]
+    assert len(leftovers) == 1
+    rt("delete", cid)
+    assert _dead(leftovers[0])
+    assert not cg.exists()
+
+
+def _dead(pid: int) -> bool:
+    """Gone, or a zombie waiting for whoever it was reparented to."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rindex(")") + 2] in "ZX"
+
+
+def test_run_returns_when_init_exits(rt: RT, make_bundle: Any) -> None:
+    start = time.monotonic()
+    res = rt.run(make_bundle(["sh", "-c", "sleep 100 & echo bg"], edit=_no_pidns))
+    assert res.returncode == 0 and res.stdout == "bg\n"
+    assert time.monotonic() - start < 20
+
+
+def test_update_more_flags(rt: RT, make_bundle: Any, cid: str) -> None:
+    rt("run", "-d", "--bundle", str(make_bundle(SLEEP)), cid)
+    pid = rt.state(cid)["pid"]
+    mem = cgroup_dir(pid, "memory")
+    rt("update", "--memory", "100m", "--memory-swap", "200m", "--memory-reservation", "50m",
+       "--cpuset-cpus", "0", "--blkio-weight", "300", cid)
+    assert (mem / "memory.limit_in_bytes").read_text().strip() == str(100 << 20)
+    assert (mem / "memory.soft_limit_in_bytes").read_text().strip() == str(50 << 20)
+    if (mem / "memory.memsw.limit_in_bytes").exists():
+        assert (mem / "memory.memsw.limit_in_bytes").read_text().strip() == str(200 << 20)
+    assert (cgroup_dir(pid, "cpuset") / "cpuset.cpus").read_text().strip() == "0"
+    # Unlimited again.
+    rt("update", "--memory-swap", "-1", "--memory", "-1", "--pids-limit", "-1", cid)
+    assert int((mem / "memory.limit_in_bytes").read_text()) > 1 << 40
+    assert (cgroup_dir(pid, "pids") / "pids.max").read_text().strip() == "max"
+    res = rt("update", "--memory", "lots", cid, check=False)
+    assert res.returncode != 0 and "--memory" in res.stderr
+
+
+def test_update_paused_container(rt: RT, make_bundle: Any, cid: str) -> None:
+    rt("run", "-d", "--bundle", str(make_bundle(SLEEP)), cid)
+    pid = rt.state(cid)["pid"]
+    rt("pause", cid)
+    rt("update", "--pids-limit", "9", cid)
+    assert (cgroup_dir(pid, "pids") / "pids.max").read_text().strip() == "9"
+    assert rt.state(cid)["status"] == "paused"
+
+
+def test_log_text_format(rt: RT, tmp_path: Path) -> None:
+    log = tmp_path / "runtime.log"
+    res = rt("state", "missing-one", global_flags=("--log", str(log)), check=False)
+    assert res.returncode != 0
+    assert "level=error" in log.read_text() and "missing-one" in log.read_text()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -195,9 +196,18 @@ EVIL_SCRIPT = "#!/proc/self/exe\nimport os\nopen('/pwned', 'w').write('host inte
 
 
 def _plant_evil(rootfs: Path) -> None:
+    """Plant ``#!/proc/self/exe`` scripts, and the host interpreter's loader and libraries at their
+    host paths: should the kernel ever start the host's Python for them, it would really run."""
     for name in ("evil.sh", "bin/evilsh"):
         (rootfs / name).write_text(EVIL_SCRIPT)
         (rootfs / name).chmod(0o755)
+    ldd = subprocess.run(["ldd", os.path.realpath(sys.executable)], capture_output=True, text=True, check=False)
+    for line in ldd.stdout.splitlines():
+        lib = line.split("=>")[-1].split("(")[0].strip()
+        if lib.startswith("/") and os.path.exists(lib):
+            dest = rootfs / lib.lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(os.path.realpath(lib), dest)
 
 
 def test_proc_self_exe_script_cannot_run_or_touch_the_host_interpreter(
@@ -292,12 +302,15 @@ def test_waiting_init_is_not_dumpable(rt: Any, make_bundle: Any, cid: str) -> No
 
 # -- 3. leaked descriptors ---------------------------------------------------------------------------
 
+# The shell's own open descriptors, tested with a builtin so that listing opens none.
+LIST_FDS = "for i in $(seq 0 255); do [ -e /proc/$$/fd/$i ] && printf '%s ' $i; done; echo"
+
 
 def test_inherited_descriptors_do_not_reach_the_container(rt: Any, make_bundle: Any, tmp_path: Path,
                                                          cid: str) -> None:
     data = tmp_path / "data"
     data.write_text("preserved-data\n")
-    bundle = make_bundle(["sh", "-c", "ls /proc/$$/fd | tr '\\n' ' '; echo; [ -e /proc/$$/fd/3 ] && cat <&3; true"])
+    bundle = make_bundle(["sh", "-c", LIST_FDS + "; [ -e /proc/$$/fd/3 ] && cat <&3; true"])
 
     code, out, err = run_with_redirections(rt, f"7<{tmp_path} 8<{data} 9<{tmp_path}", "run", "--bundle",
                                            str(bundle), cid + "a")
@@ -350,11 +363,11 @@ def test_exec_cannot_reach_host_through_descriptors(rt: Any, make_bundle: Any, t
     assert "process.cwd" in one_line(err)
     # Without tricks exec sees 0, 1, 2, and the preserved fd 3 only.
     code, out, err = run_with_redirections(rt, f"3<{tmp_path} 9<{tmp_path}", "exec", "--preserve-fds", "1",
-                                           cid, "sh", "-c", "ls /proc/$$/fd | tr '\\n' ' '")
+                                           cid, "sh", "-c", LIST_FDS)
     assert code == 0, err
     assert out.split() == ["0", "1", "2", "3"]
     code, out, err = run_with_redirections(rt, f"9<{tmp_path}", "exec", cid, "sh", "-c",
-                                           "ls /proc/$$/fd | tr '\\n' ' '")
+                                           LIST_FDS)
     assert code == 0, err
     assert out.split() == ["0", "1", "2"]
     assert rt.status(cid) == "running"

@@ -24,6 +24,7 @@ RLIMITS = (
     "RLIMIT_RSS", "RLIMIT_RTPRIO", "RLIMIT_RTTIME", "RLIMIT_SIGPENDING", "RLIMIT_STACK",
 )
 CAP_SETS = ("bounding", "effective", "inheritable", "permitted", "ambient")
+_MAX_ID = 2**32 - 2
 
 _TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer", list: "an array", dict: "an object"}
 
@@ -32,30 +33,44 @@ def _type(value: Any, kind: type, field: str) -> Any:
     # bool is a subclass of int in Python but not in JSON.
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise InvalidArgument(f"{field}: expected {_TYPE_NAMES[kind]}, got {json.dumps(value)}")
+    if isinstance(value, str) and "\0" in value:
+        # No path, argument or environment string can carry one to the kernel.
+        raise InvalidArgument(f"{field}: contains a NUL byte")
     return value
+
+
+def _at(field: str, key: str) -> str:
+    """The path of ``key`` inside ``field`` ("" is the top level: ``ociVersion``, not ``.ociVersion``)."""
+    return f"{field}.{key}" if field else key
 
 
 def _opt(obj: dict[str, Any], key: str, kind: type, field: str) -> Any:
     value = obj.get(key)
-    return None if value is None else _type(value, kind, f"{field}.{key}")
+    return None if value is None else _type(value, kind, _at(field, key))
 
 
 def _req(obj: dict[str, Any], key: str, kind: type, field: str) -> Any:
     if key not in obj:
-        raise InvalidArgument(f"{field}.{key}: required field is missing")
-    return _type(obj[key], kind, f"{field}.{key}")
+        raise InvalidArgument(f"{_at(field, key)}: required field is missing")
+    return _type(obj[key], kind, _at(field, key))
+
+
+def _range(value: int, low: int, high: int, field: str) -> int:
+    if not low <= value <= high:
+        raise InvalidArgument(f"{field}: {value} is out of range [{low}, {high}]")
+    return value
 
 
 def _strings(obj: dict[str, Any], key: str, field: str) -> list[str]:
     items = _opt(obj, key, list, field) or []
     for i, item in enumerate(items):
-        _type(item, str, f"{field}.{key}[{i}]")
+        _type(item, str, f"{_at(field, key)}[{i}]")
     return items
 
 
 def _objects(obj: dict[str, Any], key: str, field: str) -> list[tuple[str, dict[str, Any]]]:
     items = _opt(obj, key, list, field) or []
-    return [(f"{field}.{key}[{i}]", _type(item, dict, f"{field}.{key}[{i}]")) for i, item in enumerate(items)]
+    return [(f"{_at(field, key)}[{i}]", _type(item, dict, f"{_at(field, key)}[{i}]")) for i, item in enumerate(items)]
 
 
 def _abs(path: str, field: str) -> None:
@@ -86,7 +101,7 @@ def validate(spec: dict[str, Any]) -> None:
     _opt(root, "readonly", bool, "root")
     for f in ("hostname", "domainname"):
         _opt(spec, f, str, "")
-    for field, m in _objects(spec, "mounts", "mounts"):
+    for field, m in _objects(spec, "mounts", ""):
         _abs(_req(m, "destination", str, field), f"{field}.destination")
         _opt(m, "type", str, field)
         _opt(m, "source", str, field)
@@ -124,11 +139,13 @@ def validate_process(process: dict[str, Any], field: str) -> None:
         if "=" not in e:
             raise InvalidArgument(f"{field}.env[{i}]: expected KEY=VALUE, got {e!r}")
     user = _req(process, "user", dict, field)
-    _req(user, "uid", int, f"{field}.user")
-    _req(user, "gid", int, f"{field}.user")
-    _opt(user, "umask", int, f"{field}.user")
+    for key in ("uid", "gid"):  # uint32, and (uid_t)-1 means "unchanged" to the kernel
+        _range(_req(user, key, int, f"{field}.user"), 0, _MAX_ID, f"{field}.user.{key}")
+    umask = _opt(user, "umask", int, f"{field}.user")
+    if umask is not None:
+        _range(umask, 0, 0o7777, f"{field}.user.umask")
     for i, g in enumerate(_opt(user, "additionalGids", list, f"{field}.user") or []):
-        _type(g, int, f"{field}.user.additionalGids[{i}]")
+        _range(_type(g, int, f"{field}.user.additionalGids[{i}]"), 0, _MAX_ID, f"{field}.user.additionalGids[{i}]")
     caps = _opt(process, "capabilities", dict, field) or {}
     for k in caps:
         if k not in CAP_SETS:
@@ -138,11 +155,13 @@ def validate_process(process: dict[str, Any], field: str) -> None:
         kind = _req(r, "type", str, rfield)
         if kind not in RLIMITS:
             raise InvalidArgument(f"{rfield}.type: unknown rlimit {kind!r}")
-        for k in ("soft", "hard"):
-            if _req(r, k, int, rfield) < 0:
-                raise InvalidArgument(f"{rfield}.{k}: must not be negative")
+        soft, hard = (_range(_req(r, k, int, rfield), 0, 2**64 - 1, f"{rfield}.{k}") for k in ("soft", "hard"))
+        if soft > hard:
+            raise InvalidArgument(f"{rfield}.soft: {soft} is above the hard limit {hard}")
     _opt(process, "noNewPrivileges", bool, field)
-    _opt(process, "oomScoreAdj", int, field)
+    oom = _opt(process, "oomScoreAdj", int, field)
+    if oom is not None:
+        _range(oom, -1000, 1000, f"{field}.oomScoreAdj")
     _opt(process, "apparmorProfile", str, field)
     _opt(process, "selinuxLabel", str, field)
     size = _opt(process, "consoleSize", dict, field)

@@ -180,7 +180,7 @@ class Runtime:
         lifecycle.create(self.root, _one_id(args, "create"), opts.get("bundle") or ".",
                          pid_file=opts.get("pid_file"), console_socket=opts.get("console_socket"),
                          no_pivot=bool(opts.get("no_pivot")), preserve_fds=_int(opts, "preserve_fds"),
-                         no_new_keyring=bool(opts.get("no_new_keyring")))
+                         no_new_keyring=bool(opts.get("no_new_keyring")), listen_fds=_listen_fds())
         return 0
 
     def cmd_run(self, opts: dict[str, Any], args: list[str]) -> int:
@@ -201,7 +201,7 @@ class Runtime:
                 self.root, cid, bundle, pid_file=opts.get("pid_file"),
                 console_socket=console_socket, no_pivot=bool(opts.get("no_pivot")),
                 preserve_fds=_int(opts, "preserve_fds"), subreaper=not detach and not opts.get("no_subreaper"),
-                no_new_keyring=bool(opts.get("no_new_keyring")))
+                no_new_keyring=bool(opts.get("no_new_keyring")), listen_fds=_listen_fds())
         except BaseException:
             if receiver is not None:
                 receiver.close()
@@ -399,6 +399,18 @@ def _wants_terminal(bundle: str) -> bool:
         return False  # create reports what is wrong with the config
 
 
+def _listen_fds() -> int:
+    """systemd socket activation (the CLI contract's LISTEN_FDS): how many descriptors from 3 up are
+    the container's. Like runc, only when LISTEN_PID, if set, names this process."""
+    raw = os.environ.get("LISTEN_FDS")
+    if not raw or os.environ.get("LISTEN_PID", str(os.getpid())) != str(os.getpid()):
+        return 0
+    try:
+        return max(int(raw), 0)
+    except ValueError:
+        raise InvalidArgument(f"LISTEN_FDS: expected a number, got {raw!r}") from None
+
+
 def _exec_process_from_flags(base: dict[str, Any], command: list[str], opts: dict[str, Any]) -> dict[str, Any]:
     import copy
 
@@ -522,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
         command = rest[0]
         if command not in COMMANDS:
             raise InvalidArgument(f"no such command: {command!r} (see berth-runtime --help)")
-        opts, args = parse(rest[1:], COMMANDS[command], command, stop_at_positional=command == "exec")
+        # exec's command and ps's options for ps(1) follow the id and are not ours to parse.
+        opts, args = parse(rest[1:], COMMANDS[command], command, stop_at_positional=command in ("exec", "ps"))
         if opts.get("help"):
             sys.stdout.write(USAGE)
             return 0

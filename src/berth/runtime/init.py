@@ -42,6 +42,7 @@ class Launch:
         # The exec fifo, opened (O_PATH) by the parent: the child may no longer be able to reach the
         # state directory by path (a user namespace's root cannot search a 0700 --root).
         self.fifo_fd: int | None = None
+        self.listen_fds = 0  # socket-activation descriptors among the preserved ones: LISTEN_FDS
         self.userns = ""  # "", "new" or "join"
         self.userns_fd: int | None = None
         self.join: list[tuple[int, int]] = []  # (fd, CLONE_*) to setns
@@ -73,10 +74,17 @@ def child_main(launch: Launch, chan: Channel) -> None:
         if launch.unshare:
             sc.unshare(launch.unshare)
         if launch.fork_for_pid:
+            # The new init shares the channel: it must not speak before "P" is sent, or the parent
+            # reads its "H" (or error) first. It waits for EOF on a gate its parent holds until then.
+            gate_r, gate_w = os.pipe()
             pid = os.fork()
             if pid:
+                os.close(gate_r)
                 chan.send("P", pid)
                 os._exit(0)
+            os.close(gate_w)
+            os.read(gate_r, 1)
+            os.close(gate_r)
         _init(launch, chan)
     except BaseException as e:
         chan.send_error(e)
@@ -137,6 +145,8 @@ def _init(launch: Launch, chan: Channel) -> None:
         proc.install_seccomp(linux)
     proc.switch_identity(process)
     env = proc.environment(process)
+    if launch.listen_fds:
+        env.update(LISTEN_FDS=str(launch.listen_fds), LISTEN_PID="1")
     proc.enter_cwd(process["cwd"])
     path = proc.resolve_executable(process["args"], env)
     chan.send("R")

@@ -88,7 +88,9 @@ def _validate_deep(spec: dict[str, Any]) -> None:
 
 def create(root: str, cid: str, bundle: str, *, pid_file: str | None = None,
            console_socket: str | None = None, no_pivot: bool = False, preserve_fds: int = 0,
-           subreaper: bool = False, no_new_keyring: bool = False) -> Record:
+           subreaper: bool = False, no_new_keyring: bool = False, listen_fds: int = 0) -> Record:
+    """Create container ``cid``; ``listen_fds`` descriptors from 3 up (systemd socket activation)
+    pass to its process, announced there as LISTEN_FDS with LISTEN_PID=1, before ``preserve_fds``."""
     sd = StateDir(root, cid)
     bundle = os.path.abspath(bundle)
     spec = runtime_config.load(os.path.join(bundle, "config.json"))
@@ -110,7 +112,14 @@ def create(root: str, cid: str, bundle: str, *, pid_file: str | None = None,
     try:
         from berth.kernel.cgroups import open_cgroup
 
-        cgroup = open_cgroup(spec.get("linux", {}).get("cgroupsPath") or None, cid)
+        target = open_cgroup(spec.get("linux", {}).get("cgroupsPath") or None, cid)
+        busy = target.pids()
+        if busy:
+            # Another container's (or a parent of them): changing its limits, or killing and
+            # removing it when this create fails, would hurt what is already running there.
+            raise Conflict(f"linux.cgroupsPath: cgroup {target.path} is not empty "
+                           f"({len(busy)} process{'es' if len(busy) > 1 else ''} in it)")
+        cgroup = target
         cgroup.create()
         cgroup.apply(_resources(spec))
         os.mkfifo(sd.fifo, 0o622)
@@ -118,8 +127,8 @@ def create(root: str, cid: str, bundle: str, *, pid_file: str | None = None,
         record = Record(id=cid, pid=0, pid_start=0, bundle=bundle, rootfs=rootfs, created=now_rfc3339(),
                         owner="" if os.geteuid() == 0 else str(os.geteuid()), config=spec,
                         cgroup_paths=cgroup.paths, annotations=spec.get("annotations", {}))
-        pid = _spawn(sd, record, spec, cgroup, console_socket, no_pivot, preserve_fds, subreaper,
-                     "" if no_new_keyring else f"_ses.{cid}")
+        pid = _spawn(sd, record, spec, cgroup, console_socket, no_pivot, listen_fds + preserve_fds, subreaper,
+                     "" if no_new_keyring else f"_ses.{cid}", listen_fds=listen_fds)
         record.pid = pid
         record.pid_start = proc_start_time(pid) or 0
         sd.save(record)
@@ -199,17 +208,31 @@ def _namespace_plan(spec: dict[str, Any], launch: Launch) -> int | None:
     return pid_fd
 
 
+_NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs file: its CLONE_NEW* type
+
+
 def _open_ns(path: str, kind: str) -> int:
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         raise InvalidArgument(f"linux.namespaces: {kind} namespace path {path}: {e.strerror}") from None
+    import fcntl
+
+    try:
+        nstype = fcntl.ioctl(fd, _NS_GET_NSTYPE)
+    except OSError:
+        nstype = -1
+    if nstype != sc.NAMESPACES[kind][0]:
+        os.close(fd)
+        raise InvalidArgument(f"linux.namespaces: {kind} namespace path {path}: not a {kind} namespace")
+    return fd
 
 
 def _spawn(sd: StateDir, record: Record, spec: dict[str, Any], cgroup: Any, console_socket: str | None,
-           no_pivot: bool, preserve_fds: int, subreaper: bool, session_keyring: str) -> int:
+           no_pivot: bool, preserve_fds: int, subreaper: bool, session_keyring: str, listen_fds: int = 0) -> int:
     launch = Launch(spec=spec, rootfs=record.rootfs, bundle=record.bundle, fifo=sd.fifo, no_pivot=no_pivot,
                     preserve_fds=preserve_fds, cgroup_paths=record.cgroup_paths)
+    launch.listen_fds = listen_fds
     launch.cgroup = cgroup
     launch.session_keyring = session_keyring
     join_pid_fd = _namespace_plan(spec, launch)

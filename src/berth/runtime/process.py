@@ -33,8 +33,15 @@ def reset_signals() -> None:
 
 
 def apply_limits(process: dict[str, Any], linux: dict[str, Any]) -> None:
-    for r in process.get("rlimits", []):
-        resource.setrlimit(getattr(resource, r["type"]), (r["soft"], r["hard"]))
+    for i, r in enumerate(process.get("rlimits", [])):
+        # The spec's values are uint64: 2^64-1 (what engines send for "unlimited") is RLIM_INFINITY.
+        soft, hard = (resource.RLIM_INFINITY if v >= 1 << 63 else v for v in (r["soft"], r["hard"]))
+        try:
+            resource.setrlimit(getattr(resource, r["type"]), (soft, hard))
+        except (ValueError, OSError) as e:
+            from berth.errors import InvalidArgument
+
+            raise InvalidArgument(f"process.rlimits[{i}] ({r['type']}): {e}") from None
     if "oomScoreAdj" in process:
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write(str(process["oomScoreAdj"]))

@@ -146,13 +146,13 @@ class RootfsBuilder:
         else:
             fd = ensure_in_root(self.root_fd, dest, True)
             try:
-                self._mount_fs(m.get("source") or kind, fd_path(fd), kind, flags, data)
+                self._mount_fs(m.get("source") or kind, fd_path(fd), kind, flags, data, dest)
             finally:
                 os.close(fd)
         if prop:
             self._with_target(dest, lambda p: sc.mount(None, p, None, prop))
 
-    def _mount_fs(self, source: str, target: str, kind: str, flags: int, data: str) -> None:
+    def _mount_fs(self, source: str, target: str, kind: str, flags: int, data: str, dest: str) -> None:
         try:
             sc.mount(source, target, kind, flags, data or None)
         except PermissionError:
@@ -161,7 +161,8 @@ class RootfsBuilder:
             # sysfs cannot be mounted in a user namespace that does not own the network namespace;
             # like runc, fall back to a recursive read-only bind of the host's /sys.
             sc.mount("/sys", target, None, sc.MS_BIND | sc.MS_REC)
-            remount_bind(target, (flags & ~sc.MS_REMOUNT) | sc.MS_RDONLY)
+            # ``target`` still names the directory under the new mount: re-resolve to remount it.
+            self._with_target(dest, lambda p: remount_bind(p, (flags & ~sc.MS_REMOUNT) | sc.MS_RDONLY))
 
     def _with_target(self, dest: str, action: Any) -> None:
         """Re-resolve ``dest`` (a new mount now sits on it) and act on the top mount."""

@@ -27,7 +27,9 @@ FIFO = "exec.fifo"
 def check_id(cid: str) -> None:
     if not cid:
         raise InvalidArgument("container id cannot be empty")
-    if not cid[0].isalnum() or not _ID_CHARS.issuperset(cid) or ".." in cid or len(cid) > 1024:
+    if len(cid) > 255:  # it names a directory under --root and a cgroup: NAME_MAX
+        raise InvalidArgument(f"invalid container id {cid[:16]!r}...: longer than 255 characters")
+    if not cid[0].isalnum() or not _ID_CHARS.issuperset(cid) or ".." in cid:
         raise InvalidArgument(f"invalid container id {cid!r}: use letters, digits and _ . + - only")
 
 

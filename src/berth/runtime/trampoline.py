@@ -36,6 +36,7 @@ _X86_64_CODE = bytes.fromhex(
     "0f05"              # syscall
 )
 _CODES = {"x86_64": (0x3E, _X86_64_CODE)}
+_MFD_EXEC = 0x0010
 
 
 def _elf(machine: int, code: bytes) -> bytes:
@@ -55,7 +56,11 @@ def sealed_fd() -> int | None:
     found = _CODES.get(os.uname().machine)
     if found is None:
         return None
-    fd = os.memfd_create("berth-exec", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        # MFD_EXEC (Linux 6.3): executable even where vm.memfd_noexec=1 makes memfds noexec.
+        fd = os.memfd_create("berth-exec", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING | _MFD_EXEC)
+    except OSError:
+        fd = os.memfd_create("berth-exec", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     os.write(fd, _elf(*found))
     fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
                 fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
@@ -63,10 +68,23 @@ def sealed_fd() -> int | None:
 
 
 def execve(fd: int | None, path: str, argv: list[str], env: dict[str, str]) -> None:
-    """Exec ``path`` through the trampoline in ``fd``; falls back to a direct exec without one."""
-    if fd is not None:
-        try:
-            os.execve(fd, ["berth-exec", path, *argv], env)
-        except OSError:
-            pass  # fexecve refused (a seccomp profile without execveat, memfd_noexec): exec directly
-    os.execve(path, argv, env)
+    """Exec ``path`` through the trampoline in ``fd``; never returns.
+
+    fexecve (execveat) first; if a seccomp profile refuses execveat, execve of ``/proc/self/fd/N``
+    runs the same sealed program. If both fail the exec is refused: a direct exec from the runtime
+    would let a ``#!/proc/self/exe`` command start, and expose, the host's Python in the container.
+    Only where no trampoline exists for the machine (``fd`` is None) is the command exec'd directly.
+    """
+    if fd is None:
+        os.execve(path, argv, env)
+    tramp_argv = ["berth-exec", path, *argv]
+    try:
+        os.execve(fd, tramp_argv, env)
+    except OSError as e:
+        first = e
+    try:
+        os.execve(f"/proc/self/fd/{fd}", tramp_argv, env)
+    except OSError as e:
+        raise PermissionError(
+            e.errno, f"cannot exec through the sealed trampoline (execveat: {first.strerror}; "
+            f"/proc/self/fd: {e.strerror}); refusing to exec {path} from the runtime itself") from None

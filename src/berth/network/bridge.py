@@ -1,0 +1,311 @@
+"""Bridges and veth pairs through netlink (pyroute2), in the caller's network namespace.
+
+One Linux bridge per network holds the gateway address; each container joins with a veth pair whose
+host end is a port of the bridge and whose other end is *created directly inside* the container's
+network namespace under its final name (``eth0``), so no interface ever exists half-moved under a
+temporary name. Everything berth creates carries an interface alias (``berth:net:NAME`` on bridges,
+``berth:ctr:ID:BRIDGE`` on veths) and a name derived from the network or the container, so leftovers
+after a crash can be enumerated and removed exactly (see ``leaks.py``).
+
+Configuring the container's end needs a netlink socket *in* its namespace. pyroute2's own ``netns=``
+support forks a helper process per socket; instead the calling thread enters the namespace with
+setns(2) just long enough to open the socket (a netlink socket stays bound to the namespace it was
+created in) and returns at once: about a millisecond, and other threads are unaffected.
+
+pyroute2 is imported on first use: it costs ~0.1 s, which ``--network none`` and ``host`` never pay.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import TYPE_CHECKING, Any
+
+from berth.errors import Conflict, InvalidArgument, NotFound
+from berth.kernel.syscalls import CLONE_NEWNET, setns
+from berth.network.ipam import Network, mac_for
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+NETNS = str | int  # a path (/run/netns/x, /proc/PID/ns/net) or a pid
+ALIAS_NET = "berth:net:"
+ALIAS_CTR = "berth:ctr:"
+VETH_PREFIX = "bv"
+
+
+@dataclass(frozen=True)
+class Link:
+    """An interface berth made, as enumeration finds it."""
+
+    name: str
+    kind: str
+    alias: str
+    master: str | None = None
+
+    @property
+    def container_id(self) -> str | None:
+        if self.alias.startswith(ALIAS_CTR):
+            return self.alias[len(ALIAS_CTR) :].rsplit(":", 1)[0]
+        return None
+
+    @property
+    def network(self) -> str | None:
+        return self.alias[len(ALIAS_NET) :] if self.alias.startswith(ALIAS_NET) else None
+
+
+def iproute() -> IPRoute:
+    from pyroute2 import IPRoute
+
+    return IPRoute()
+
+
+def _netlink_errno(exc: BaseException) -> int | None:
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, int) else None
+
+
+def _netns_path(netns: NETNS) -> str:
+    if isinstance(netns, int):
+        return f"/proc/{netns}/ns/net"
+    return netns
+
+
+@contextmanager
+def netns_iproute(netns: NETNS) -> Iterator[IPRoute]:
+    """An IPRoute whose socket lives in ``netns``; the calling thread is back home when it is yielded."""
+    path = _netns_path(netns)
+    try:
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound(f"network namespace {path} does not exist") from None
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        from pyroute2 import IPRoute
+
+        setns(target, CLONE_NEWNET)
+        try:
+            ipr = IPRoute()
+        finally:
+            setns(home, CLONE_NEWNET)
+    finally:
+        os.close(home)
+        os.close(target)
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def _attr(msg: Any, name: str) -> Any:
+    return msg.get_attr(name)
+
+
+def _index(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def veth_name(container_id: str, network: Network) -> str:
+    """Host end of a container's veth on a network: ``bv`` + 9 characters of the container id + 4 of a
+    hash of the bridge name, 15 characters in all (IFNAMSIZ); the alias carries the full id."""
+    tag = hashlib.sha256(network.bridge.encode()).hexdigest()[:4]
+    return f"{VETH_PREFIX}{container_id[:9]}{tag}"
+
+
+def _write_sysctl(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _sysctl(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def ensure_bridge(network: Network) -> int:
+    """Create the network's bridge if missing (idempotent), with exactly the gateway address, up.
+
+    The bridge gets a fixed MAC (derived from the gateway address) because a bridge otherwise takes the
+    lowest MAC of its ports and changes it as containers come and go, which breaks containers' ARP
+    caches. ``route_localnet`` lets DNAT'd traffic from 127.0.0.1 leave through it (see ``nat.py``);
+    forwarding is switched on for networks that have an outbound route.
+    """
+    with iproute() as ipr:
+        index = _index(ipr, network.bridge)
+        if index is None:
+            try:
+                ipr.link("add", ifname=network.bridge, kind="bridge", address=mac_for(network.gateway), mtu=network.mtu)
+            except Exception as e:
+                if _netlink_errno(e) != errno.EEXIST:
+                    raise
+            index = _index(ipr, network.bridge)
+            if index is None:
+                raise Conflict(f"bridge {network.bridge} vanished while being created")
+        info = ipr.get_links(index)[0].get_attr("IFLA_LINKINFO")
+        if info is None or info.get_attr("IFLA_INFO_KIND") != "bridge":
+            raise Conflict(f"interface {network.bridge} exists and is not a bridge")
+        ipr.link("set", index=index, ifalias=f"{ALIAS_NET}{network.name}")
+        want = (str(network.gateway), network.prefixlen)
+        have = [
+            (a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=socket.AF_INET)
+        ]
+        for addr, plen in have:
+            if (addr, plen) != want:
+                ipr.addr("del", index=index, address=addr, prefixlen=plen)
+        if want not in have:
+            ipr.addr("add", index=index, address=want[0], prefixlen=want[1])
+        ipr.link("set", index=index, state="up")
+    _write_sysctl(f"/proc/sys/net/ipv4/conf/{network.bridge}/route_localnet", "1")
+    if not network.internal and _sysctl("/proc/sys/net/ipv4/ip_forward") != "1":
+        _write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+    return index
+
+
+def delete_bridge(network_or_bridge: Network | str) -> bool:
+    """Delete the bridge (its ports with it); False when it was not there."""
+    name = network_or_bridge if isinstance(network_or_bridge, str) else network_or_bridge.bridge
+    with iproute() as ipr:
+        return _delete(ipr, name)
+
+
+def _delete(ipr: IPRoute, name: str) -> bool:
+    index = _index(ipr, name)
+    if index is None:
+        return False
+    try:
+        ipr.link("del", index=index)
+    except Exception as e:
+        if _netlink_errno(e) != errno.ENODEV:
+            raise
+        return False
+    return True
+
+
+def attach(
+    netns: NETNS,
+    network: Network,
+    container_id: str,
+    ip: IPv4Address | str,
+    mac: str | None = None,
+    ifname: str = "eth0",
+    mtu: int | None = None,
+) -> str:
+    """Give the container in ``netns`` an interface ``ifname`` on ``network`` with address ``ip``.
+
+    Brings the container's loopback up, sets MTU, MAC and address, and a default route through the
+    gateway unless the network is internal. Returns the host end's name. On any failure the pair is
+    deleted again, so a failed attach leaves nothing.
+    """
+    if not ifname or len(ifname) > 15 or "/" in ifname or ifname in (".", ".."):
+        raise InvalidArgument(f"invalid interface name {ifname!r}")
+    ip = IPv4Address(ip)
+    if ip not in network.subnet:
+        raise InvalidArgument(f"{ip} is not in subnet {network.subnet} of network {network.name}")
+    mtu = mtu or network.mtu
+    mac = mac or mac_for(ip)
+    host = veth_name(container_id, network)
+    path = _netns_path(netns)
+    try:
+        nsfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound(f"network namespace {path} does not exist") from None
+    try:
+        with iproute() as ipr:
+            bridge = _index(ipr, network.bridge)
+            if bridge is None:
+                raise NotFound(f"bridge {network.bridge} of network {network.name} does not exist")
+            _delete(ipr, host)  # a leftover of a crashed attach of this same container
+            try:
+                ipr.link(
+                    "add",
+                    ifname=host,
+                    kind="veth",
+                    mtu=mtu,
+                    peer={"ifname": ifname, "net_ns_fd": nsfd, "address": mac, "mtu": mtu},
+                )
+            except Exception as e:
+                if _netlink_errno(e) == errno.EEXIST:
+                    raise Conflict(f"the container already has an interface named {ifname}") from None
+                raise
+            try:
+                index = _index(ipr, host)
+                assert index is not None
+                ipr.link(
+                    "set", index=index, master=bridge, ifalias=f"{ALIAS_CTR}{container_id}:{network.bridge}", state="up"
+                )
+                with netns_iproute(path) as nsr:
+                    lo = _index(nsr, "lo")
+                    if lo is not None:
+                        nsr.link("set", index=lo, state="up")
+                    inner = _index(nsr, ifname)
+                    if inner is None:
+                        raise NotFound(f"{ifname} did not appear in {path}")
+                    nsr.addr("add", index=inner, address=str(ip), prefixlen=network.prefixlen)
+                    nsr.link("set", index=inner, state="up")
+                    if not network.internal:
+                        nsr.route("add", dst="0.0.0.0/0", gateway=str(network.gateway), oif=inner)
+            except BaseException:
+                _delete(ipr, host)
+                raise
+    finally:
+        os.close(nsfd)
+    return host
+
+
+def detach(container_id: str, network: Network) -> bool:
+    """Remove the container's veth on ``network`` (both ends go); False when it was already gone,
+    as happens when the container's namespace died first and the kernel took the pair with it."""
+    with iproute() as ipr:
+        return _delete(ipr, veth_name(container_id, network))
+
+
+def loopback_up(netns: NETNS) -> None:
+    """``--network none``: a namespace with only ``lo``, which must still be up."""
+    with netns_iproute(netns) as nsr:
+        lo = _index(nsr, "lo")
+        if lo is not None:
+            nsr.link("set", index=lo, state="up")
+
+
+def links() -> list[Link]:
+    """Every bridge and veth berth made in this namespace, found by alias (or by berth's veth prefix)."""
+    out = []
+    with iproute() as ipr:
+        dump = list(ipr.get_links())
+        names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in dump}
+        for m in dump:
+            alias = m.get_attr("IFLA_IFALIAS") or ""
+            name = m.get_attr("IFLA_IFNAME")
+            info = m.get_attr("IFLA_LINKINFO")
+            kind = info.get_attr("IFLA_INFO_KIND") if info is not None else ""
+            ours = alias.startswith((ALIAS_NET, ALIAS_CTR)) or (kind == "veth" and name.startswith(VETH_PREFIX))
+            if ours:
+                master = m.get_attr("IFLA_MASTER")
+                out.append(Link(name, kind or "", alias, names.get(master) if master else None))
+    return out
+
+
+def delete_link(name: str) -> bool:
+    with iproute() as ipr:
+        return _delete(ipr, name)
+
+
+def host_subnets() -> list[IPv4Network]:
+    """IPv4 subnets routed on this host outside berth's bridges, for the pool to stay clear of."""
+    out = []
+    with iproute() as ipr:
+        ours = {m["index"] for m in ipr.get_links() if (m.get_attr("IFLA_IFALIAS") or "").startswith(ALIAS_NET)}
+        for r in ipr.get_routes(family=socket.AF_INET, table=254):
+            if r.get_attr("RTA_OIF") in ours or r["dst_len"] == 0:
+                continue
+            dst = r.get_attr("RTA_DST")
+            if dst:
+                out.append(IPv4Network(f"{dst}/{r['dst_len']}", strict=False))
+    return out

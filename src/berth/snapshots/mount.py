@@ -1,0 +1,103 @@
+"""Making the mounts a snapshotter returns, for callers that need them mounted (the engine, tests).
+
+Snapshotters themselves never call this. :func:`overlay_supported` is the one exception in spirit: it
+makes a throw-away overlay mount to learn whether the kernel and the filesystem under the snapshot
+root can host overlay snapshots, as containerd does before choosing a snapshotter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+from berth.kernel import syscalls as sc
+from berth.snapshots.base import Mount
+
+CLONE_FS = 0x00000200
+
+_FLAGS = {"ro": sc.MS_RDONLY, "rw": 0, "bind": sc.MS_BIND, "rbind": sc.MS_BIND | sc.MS_REC,
+          "nosuid": sc.MS_NOSUID, "nodev": sc.MS_NODEV, "noexec": sc.MS_NOEXEC}
+
+
+def _split(options: Iterable[str]) -> tuple[int, str]:
+    flags = 0
+    data = []
+    for opt in options:
+        if opt in _FLAGS:
+            flags |= _FLAGS[opt]
+        else:
+            data.append(opt)
+    return flags, ",".join(data)
+
+
+def mount_all(mounts: Iterable[Mount], target: str | os.PathLike[str]) -> None:
+    """Mount each spec on ``target``, in order (a read-only bind gets its remount)."""
+    target = os.fspath(target)
+    for m in mounts:
+        flags, data = _split(m.options)
+        if m.type == "bind":
+            sc.mount(m.source, target, None, flags & (sc.MS_BIND | sc.MS_REC))
+            if flags & ~(sc.MS_BIND | sc.MS_REC):
+                sc.mount(None, target, None, flags | sc.MS_REMOUNT | sc.MS_BIND)
+        elif m.cwd is None:
+            sc.mount(m.source, target, m.type, flags, data or None)
+        else:
+            _mount_from(m.cwd, m.source, target, m.type, flags, data)
+
+
+def _mount_from(cwd: str, source: str, target: str, fstype: str, flags: int, data: str) -> None:
+    """mount(2) with relative paths in ``data`` resolved from ``cwd``, without touching the process's cwd:
+    a short-lived thread unshares its fs context (CLONE_FS) and chdirs alone."""
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            sc.unshare(CLONE_FS)
+            os.chdir(cwd)
+            sc.mount(source, target, fstype, flags, data or None)
+        except BaseException as exc:
+            error.append(exc)
+
+    thread = threading.Thread(target=run, name="berth-mount")
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+
+
+def unmount(target: str | os.PathLike[str], detach: bool = False) -> None:
+    sc.umount2(os.fspath(target), sc.MNT_DETACH if detach else 0)
+
+
+def overlay_supported(root: str | os.PathLike[str]) -> bool:
+    """Whether overlay snapshots can live under ``root``: root privileges, the overlay filesystem, and a
+    test mount with two lowers and an upper that succeeds on ``root``'s filesystem."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        with open("/proc/filesystems") as f:
+            if not any(line.split()[-1:] == ["overlay"] for line in f):
+                return False
+    except OSError:
+        return False
+    Path(root).mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".overlay-check-", dir=root)
+    try:
+        for d in ("l1", "l2", "u", "w", "m"):
+            os.mkdir(os.path.join(tmp, d))
+        data = f"lowerdir={tmp}/l1:{tmp}/l2,upperdir={tmp}/u,workdir={tmp}/w"
+        try:
+            sc.mount("overlay", f"{tmp}/m", "overlay", 0, data)
+        except OSError:
+            return False
+        with contextlib.suppress(OSError):
+            sc.umount2(f"{tmp}/m", sc.MNT_DETACH)
+        return True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
