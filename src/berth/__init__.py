@@ -6,3 +6,12 @@ The package is layered (see DESIGN.md): ``oci`` (data) → ``kernel`` (syscalls)
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """``berth.Engine`` without importing the engine until it is asked for."""
+    if name == "Engine":
+        from berth.engine.engine import Engine
+
+        return Engine
+    raise AttributeError(f"module 'berth' has no attribute {name!r}")

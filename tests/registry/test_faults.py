@@ -7,7 +7,11 @@ import hashlib
 import json
 import os
 import re
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
@@ -301,3 +305,97 @@ def test_insecure_registry_falls_back_to_http(fake_registry: FakeFactory, store:
     result = pull(f"{fake.host}/{REPO}", store, client=client)
     assert str(result.digest) == sha(manifest)
     assert client._upstream.base == f"http://{fake.host}"
+
+
+def test_pull_killed_with_sigkill_resumes(fake_registry: FakeFactory, store: ContentStore) -> None:
+    """A pull process killed halfway leaves its partial blob; the next pull continues it with Range."""
+    fake = fake_registry()
+    layer = os.urandom(4 << 20)
+    fake_image(fake, [layer])
+    digest = Digest.parse(sha(layer))
+    slow = {"on": True}
+
+    def route(h: BaseHTTPRequestHandler) -> None:
+        if not slow["on"]:
+            range_route(layer)(h)
+            return
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(layer)))
+        h.end_headers()
+        try:
+            for i in range(0, len(layer), 64 << 10):
+                h.wfile.write(layer[i:i + (64 << 10)])
+                h.wfile.flush()
+                time.sleep(0.02)
+        except OSError:
+            pass  # the client died
+
+    fake.route("GET", f"/v2/{REPO}/blobs/{digest}", route)
+    code = ("import sys; from berth.content import ContentStore; from berth.registry.pull import pull; "
+            "pull(sys.argv[1], ContentStore(sys.argv[2]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, f"{fake.host}/{REPO}", str(store.root)])
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            partial = [i for i in store.ingests() if i.expected == digest and i.offset > 512 << 10]
+            if partial:
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the pull never got going")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not store.exists(digest)
+    [ingest] = [i for i in store.ingests() if i.expected == digest]
+    slow["on"] = False
+    pull(f"{fake.host}/{REPO}", store, client=client_for(fake))
+    assert store.read_bytes(digest, verify=True) == layer
+    last = [r for r in fake.requests if r.path == f"/v2/{REPO}/blobs/{digest}"][-1]
+    offset = int(last.headers["Range"].removeprefix("bytes=").removesuffix("-"))
+    assert offset >= ingest.offset > 0
+    assert store.ingests() == []
+
+
+def test_layers_download_in_parallel(fake_registry: FakeFactory, store: ContentStore) -> None:
+    fake = fake_registry()
+    layers = [os.urandom(20_000) for _ in range(7)]
+    _, digests = fake_image(fake, layers)
+    lock = threading.Lock()
+    state = {"now": 0, "max": 0}
+
+    def slow(data: bytes) -> Callable[[BaseHTTPRequestHandler], None]:
+        def route(h: BaseHTTPRequestHandler) -> None:
+            with lock:
+                state["now"] += 1
+                state["max"] = max(state["max"], state["now"])
+            time.sleep(0.15)
+            with lock:
+                state["now"] -= 1
+            respond(h, 200, data, {})
+
+        return route
+
+    for digest, data in zip(digests, layers, strict=True):
+        fake.route("GET", f"/v2/{REPO}/blobs/{digest}", slow(data))
+    started = time.monotonic()
+    result = pull(f"{fake.host}/{REPO}", store, client=client_for(fake))
+    assert len(result.layers) == 7
+    assert state["max"] == 4, "four downloads at once"
+    assert time.monotonic() - started < 7 * 0.15
+
+
+def test_list_tags_follows_pagination(fake_registry: FakeFactory) -> None:
+    fake = fake_registry()
+
+    def tags(h: BaseHTTPRequestHandler) -> None:
+        if "last=b" in h.path:
+            respond(h, 200, b'{"name":"fault/app","tags":["c"]}', {"Content-Type": "application/json"})
+        else:
+            respond(h, 200, b'{"name":"fault/app","tags":["a","b"]}',
+                    {"Content-Type": "application/json", "Link": f'</v2/{REPO}/tags/list?n=2&last=b>; rel="next"'})
+
+    fake.route("GET", f"/v2/{REPO}/tags/list", tags)
+    assert client_for(fake).list_tags(REPO, page_size=2) == ["a", "b", "c"]
+    assert [r.path for r in fake.requests] == [f"/v2/{REPO}/tags/list?n=2", f"/v2/{REPO}/tags/list?n=2&last=b"]

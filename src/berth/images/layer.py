@@ -260,7 +260,7 @@ def apply_layer(stream: Readable, dest: str | os.PathLike[str], *, overlay: bool
         applier = _Applier(root_fd, overlay, lower_fds, os.geteuid() == 0 if same_owner is None else same_owner)
         tf = _open_tar(hashing)
         try:
-            for member in _members(tf):
+            for member in _members(tf, hashing):
                 applier.entries += 1
                 applier.apply(tf, member)
             applier.finish()
@@ -279,14 +279,24 @@ def apply_layer(stream: Readable, dest: str | os.PathLike[str], *, overlay: bool
                        applier.skipped)
 
 
-def _members(tf: tarfile.TarFile) -> Iterable[tarfile.TarInfo]:
+def _members(tf: tarfile.TarFile, hashing: _Hashing) -> Iterable[tarfile.TarInfo]:
+    last: tarfile.TarInfo | None = None
     while True:
         try:
             member = tf.next()
         except tarfile.HeaderError as exc:
             raise InvalidArgument(f"layer has a bad tar header: {exc}") from None
+        except tarfile.ReadError:
+            # The stream ended right after the last entry's data, without the padding of its last
+            # block and the end-of-archive blocks. Go's archive/tar (Docker, containerd, podman) reads
+            # that as the end, and such layers exist (umoci writes them): so does berth. A stream cut
+            # inside an entry's data fails earlier, when the data is read.
+            if last is not None and hashing.digester.size >= last.offset_data + (last.size if last.isreg() else 0):
+                return
+            raise
         if member is None:
             return
+        last = member
         yield member
 
 
@@ -391,7 +401,7 @@ class _Applier:
         """Create a directory the archive uses without listing it: with the metadata of the same
         directory in a lower layer when there is one (overlay would otherwise show ours), else 0755."""
         os.mkdir(name, 0o700, dir_fd=parent_fd)
-        self.created.add(rel)
+        self._mark(rel)
         lower = self._lower_lookup(rel)
         if lower is None or not stat.S_ISDIR(lower[1].st_mode):
             self.dirs[rel] = (0o755, None, None)
@@ -486,7 +496,7 @@ class _Applier:
             os.utime(fd, ns=_times(m))
         finally:
             os.close(fd)
-        self.created.add(rel)
+        self._mark(rel)
 
     def _dir(self, m: tarfile.TarInfo, parent: str, name: str, rel: str) -> None:
         pfd = self._parent(parent)
@@ -505,7 +515,7 @@ class _Applier:
             os.close(fd)
         atime, mtime = _times(m)
         self.dirs[rel] = (m.mode & 0o7777, atime, mtime)
-        self.created.add(rel)
+        self._mark(rel)
 
     def _root_dir(self, m: tarfile.TarInfo) -> None:
         if self.same_owner:
@@ -524,7 +534,7 @@ class _Applier:
             os.chown(name, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
         self._xattrs(_proc(pfd, name), m, follow=False)
         os.utime(name, ns=_times(m), dir_fd=pfd, follow_symlinks=False)
-        self.created.add(rel)
+        self._mark(rel)
 
     def _hardlink(self, m: tarfile.TarInfo, parent: str, name: str, rel: str) -> None:
         target = clean_name(m.linkname)
@@ -554,7 +564,7 @@ class _Applier:
             os.link(tname, name, src_dir_fd=tpfd, dst_dir_fd=pfd, follow_symlinks=False)
         finally:
             os.close(tpfd)
-        self.created.add(rel)
+        self._mark(rel)
 
     def _parent_lstat(self, parent: str, name: str) -> os.stat_result | None:
         pfd = self.parent_fd(parent, create=False)
@@ -602,7 +612,7 @@ class _Applier:
                 os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=pfd)
         finally:
             os.close(lpfd)
-        self.created.add(rel)
+        self._mark(rel)
 
     def _node(self, m: tarfile.TarInfo, parent: str, name: str, rel: str) -> None:
         kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK if m.isblk() else stat.S_IFIFO
@@ -626,7 +636,14 @@ class _Applier:
             os.utime(path, ns=_times(m))
         finally:
             os.close(fd)
-        self.created.add(rel)
+        self._mark(rel)
+
+    def _mark(self, rel: str) -> None:
+        """Record ``rel`` and its ancestors as this layer's: its own whiteouts and opaques spare them."""
+        created = self.created
+        while rel and rel not in created:
+            created.add(rel)
+            rel = rel.rpartition("/")[0]
 
     def _parent(self, parent: str) -> int:
         fd = self.parent_fd(parent)
@@ -695,10 +712,10 @@ class _Applier:
         pfd = self._parent(parent)
         if self.overlay:
             os.setxattr(_proc(pfd), OVERLAY_OPAQUE_XATTR, b"y")
-            self.created.add(parent)
+            self._mark(parent)
             return
         self._empty_lower(pfd, parent)
-        self.created.add(parent)
+        self._mark(parent)
 
     def _empty_lower(self, dir_fd: int, rel: str) -> None:
         """Delete what a lower layer put under ``rel``, keeping what this layer created there."""

@@ -240,6 +240,8 @@ def _parse_net(text: str, what: str) -> IPv4Network:
         raise InvalidArgument(f"invalid {what} {text!r}: {e}") from None
     if not isinstance(net, IPv4Network):
         raise Unsupported(f"{what} {text}: IPv6 networks are not supported yet")
+    if net.is_loopback or net.is_multicast or net.is_link_local or net.is_reserved or net.network_address.is_unspecified:
+        raise InvalidArgument(f"{what} {text} is not usable for containers (loopback, link-local, multicast or reserved)")
     return net
 
 
@@ -413,6 +415,8 @@ class IPAM:
 
     def remove(self, name_or_id: str) -> Network:
         """Forget a network; Conflict while any container holds a lease on it (and nothing changes)."""
+        if name_or_id in (self.default_name, "bridge"):
+            raise PermissionDenied(f"{self.default_name} is the default network and cannot be removed")
         with write(self.conn):
             net = self._get(name_or_id)
             if net is None:

@@ -193,11 +193,11 @@ def _pool(verify: bool) -> urllib3.PoolManager:
         pool = _POOLS.get(verify)
         if pool is None:
             if verify:
-                pool = urllib3.PoolManager(num_pools=32, maxsize=8)
+                pool = urllib3.PoolManager(num_pools=32, maxsize=8, blocksize=_STREAM_CHUNK)
             else:
                 # The user asked for this registry to be insecure; one warning per request would be noise.
                 warnings.filterwarnings("ignore", category=InsecureRequestWarning)
-                pool = urllib3.PoolManager(num_pools=32, maxsize=8, cert_reqs="CERT_NONE")
+                pool = urllib3.PoolManager(num_pools=32, maxsize=8, blocksize=_STREAM_CHUNK, cert_reqs="CERT_NONE")
             _POOLS[verify] = pool
         return pool
 
@@ -213,6 +213,10 @@ class _Transient(Exception):
     """A blob transfer broke off; the caller may resume it."""
 
 
+class _TooLong(Exception):
+    """The registry sent more bytes than the descriptor's size."""
+
+
 class TransferCancelled(BerthError):
     """A transfer stopped because its ``cancel`` event was set (another part of the pull failed)."""
 
@@ -222,11 +226,11 @@ def _reason(exc: BaseException) -> str:
     inner: BaseException = exc
     if isinstance(exc, MaxRetryError) and exc.reason is not None:
         inner = exc.reason
-    text = str(inner)
+    text = inner.args[0] if inner.args and isinstance(inner.args[0], str) else str(inner)
     text = re.sub(r"^\w+\((?:host=)?[^)]*\):\s*", "", text)
     text = re.sub(r"^Failed to establish a new connection:\s*", "", text)
     text = re.sub(r"\[Errno -?\d+\]\s*", "", text)
-    text = text.strip().strip("(),'\"") or type(inner).__name__
+    text = text.strip() or type(inner).__name__
     return text[0].lower() + text[1:] if text[:1].isupper() and not text[1:2].isupper() else text
 
 
@@ -328,7 +332,6 @@ class RegistryClient:
         self.backoff = backoff
         self.ingest_wait = ingest_wait
         self._timeout = Timeout(connect=connect_timeout, read=timeout)
-        self._credentials = credentials
         self._push_repos: set[str] = set()
         host = DOCKER_HUB_API if self.registry == "docker.io" else self.registry
         self._upstream = self._endpoint(host, insecure, mirror=False, credentials=credentials)
@@ -692,7 +695,7 @@ class RegistryClient:
                     _emit(progress, digest, writer.offset, size, "retrying")
                     log.info("blob %s of %s: %s; resuming at %d", digest, name, exc, writer.offset)
                     time.sleep(self.backoff * 2 ** max(0, failures - 1))
-                except InvalidArgument as exc:  # more bytes than the descriptor's size
+                except _TooLong as exc:
                     writer.abort()
                     raise InvalidArgument(f"blob {digest} of {name} is corrupt: {exc}; nothing was kept") from None
             try:
@@ -735,7 +738,10 @@ class RegistryClient:
             for chunk in resp.stream(_STREAM_CHUNK, decode_content=False):
                 if cancel is not None and cancel.is_set():
                     raise TransferCancelled(f"download of blob {digest} cancelled at {writer.offset} bytes")
-                writer.write(chunk)
+                try:
+                    writer.write(chunk)
+                except InvalidArgument as exc:
+                    raise _TooLong(str(exc)) from None
                 _emit(progress, digest, writer.offset, size, "downloading")
         except (HTTPError, OSError) as exc:
             raise _Transient(_reason(exc)) from None

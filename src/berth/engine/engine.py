@@ -1,0 +1,503 @@
+"""``Engine``: containers and images as one Python API, with no daemon behind it.
+
+Every berth command, the API services and library users go through an ``Engine``. State lives in
+``<root>/berth.db`` (containers), ``<root>/images.db`` and ``<root>/content`` (images), and
+``<runroot>/containers/<id>/`` (what a running container's monitor reports). A running container is
+owned by its monitor process (``berth.monitor``), so the Engine object can come and go.
+
+    import berth
+    engine = berth.Engine()
+    c = engine.run("busybox", ["echo", "hello"])
+    engine.wait(c.id)
+    print("".join(e["log"] for e in engine.logs(c.id)))
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import time
+
+from berth.errors import BerthError, Conflict, InvalidArgument, NotFound
+from berth.oci import jsonc
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
+
+    from berth.engine.db import Database
+    from berth.images.store import Image, ImageStore
+
+DEFAULT_ROOT = "/var/lib/berth"
+DEFAULT_RUNROOT = "/run/berth"
+KNOWN_RUNTIMES = ("berth", "runc", "crun", "runsc")
+
+
+class Container:
+    """A snapshot of one container's record and state (refresh by asking the Engine again)."""
+
+    def __init__(self, row: Any, state_dir: str) -> None:
+        self.id: str = row["id"]
+        self.name: str = row["name"]
+        self.image: str = row["image"]
+        self.image_id: str = row["image_id"]
+        self.created: float = row["created"]
+        self.config: dict[str, Any] = jsonc.loads(row["config"])
+        self.status: str = row["status"]
+        self.pid: int = row["pid"]
+        self.exit_code: int = row["exit_code"]
+        self.oom_killed: bool = bool(row["oom_killed"])
+        self.started_at: float = row["started_at"]
+        self.finished_at: float = row["finished_at"]
+        self.restart_count: int = row["restart_count"]
+        self.error: str = row["error"]
+        self.state_dir = state_dir
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("running", "paused", "restarting")
+
+    def __repr__(self) -> str:
+        return f"<Container {self.id[:12]} {self.name} {self.status}>"
+
+
+def _bin(name: str) -> str:
+    """A berth program installed beside the running interpreter, else from PATH."""
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    if os.path.exists(beside):
+        return beside
+    import shutil
+
+    found = shutil.which(name)
+    if found is None:
+        raise BerthError(f"{name} is not installed")
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return data[data.rindex(b")") + 2:][:1] not in (b"Z", b"X")
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path, "rb") as f:
+            return jsonc.loads(f.read())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _parse_time(stamp: str) -> float:
+    import calendar
+
+    base, _, frac = stamp.rstrip("Z").partition(".")
+    return calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S")) + float("0." + (frac or "0"))
+
+
+class Engine:
+    def __init__(self, root: str | None = None, runroot: str | None = None, runtime: str | None = None) -> None:
+        self.root = os.path.abspath(root or os.environ.get("BERTH_ROOT") or DEFAULT_ROOT)
+        self.runroot = os.path.abspath(runroot or os.environ.get("BERTH_RUNROOT") or DEFAULT_RUNROOT)
+        self.default_runtime = runtime or os.environ.get("BERTH_RUNTIME") or "berth"
+        os.makedirs(self.root, mode=0o711, exist_ok=True)
+        os.makedirs(os.path.join(self.runroot, "containers"), mode=0o711, exist_ok=True)
+        self._db: Database | None = None
+        self._images: ImageStore | None = None
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            from berth.engine.db import Database
+
+            self._db = Database(os.path.join(self.root, "berth.db"))
+        return self._db
+
+    @property
+    def image_store(self) -> ImageStore:
+        if self._images is None:
+            from berth.images.store import ImageStore
+
+            self._images = ImageStore(self.root)
+        return self._images
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+        if self._images is not None:
+            self._images.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _state_dir(self, cid: str) -> str:
+        return os.path.join(self.runroot, "containers", cid)
+
+    def _bundle_dir(self, cid: str) -> str:
+        return os.path.join(self.root, "containers", cid)
+
+    def runtime_argv(self, name: str) -> list[str]:
+        """The command line prefix of an OCI runtime: berth's own, runc, crun, runsc or a path."""
+        if name == "berth":
+            exe = _bin("berth-runtime")
+        elif "/" in name:
+            exe = name
+            if not os.access(exe, os.X_OK):
+                raise InvalidArgument(f"runtime {name}: not an executable file")
+        else:
+            import shutil
+
+            found = shutil.which(name)
+            if found is None:
+                raise InvalidArgument(f"unknown runtime {name!r} (berth, runc, crun, runsc, or a path)")
+            exe = found
+        tag = os.path.basename(exe)
+        return [exe, "--root", os.path.join(self.runroot, "runtime", tag)]
+
+    # ------------------------------------------------------------------ images
+
+    def pull(self, ref: str, platform: str | None = None, progress: Any = None) -> Image:
+        from berth.registry.pull import pull
+
+        with self.image_store.lease():
+            result = pull(ref, self.image_store.content, platform, progress)
+            index = result.digest if result.index is not None else None
+            return self.image_store.add(result.manifest_digest, [result.reference], index_digest=index)
+
+    def image(self, ref: str, pull: str = "missing", platform: str | None = None) -> Image:
+        """The image ``ref`` names, pulled per the policy: always, missing or never."""
+        if pull not in ("always", "missing", "never"):
+            raise InvalidArgument(f"invalid --pull policy {pull!r} (always, missing or never)")
+        if pull == "always":
+            return self.pull(ref, platform)
+        try:
+            return self.image_store.get(ref)
+        except NotFound:
+            if pull == "never":
+                raise NotFound(f"{ref}: image not known") from None
+        return self.pull(ref, platform)
+
+    def images(self) -> list[Image]:
+        return self.image_store.images()
+
+    def import_image(self, source: str, reference: str | None = None) -> Image:
+        from berth.images.archive import import_rootfs
+
+        return import_rootfs(self.image_store, source, names=[reference] if reference else ())
+
+    # ------------------------------------------------------------------ containers
+
+    def containers(self, all: bool = True) -> list[Container]:
+        out = [self._refresh(row) for row in self.db.rows()]
+        return out if all else [c for c in out if c.running]
+
+    def get(self, ref: str) -> Container:
+        return self._refresh(self.db.find(ref))
+
+    def _refresh(self, row: Any) -> Container:
+        """Bring a running container's state up to date from what its monitor left on disk."""
+        c = Container(row, self._state_dir(row["id"]))
+        if c.status not in ("running", "restarting", "paused"):
+            return c
+        exit_info = _read_json(os.path.join(c.state_dir, "exit.json"))
+        monitor = _read_json(os.path.join(c.state_dir, "monitor.pid"))
+        monitor_alive = isinstance(monitor, int) and _alive(monitor)
+        if monitor_alive and (exit_info is None or _alive(c.pid)):
+            return c
+        if monitor_alive:
+            c.status = "restarting"
+            c.restart_count = int(exit_info.get("restartCount", 0)) if exit_info else c.restart_count
+            return c
+        if exit_info is None and _alive(c.pid):
+            return c  # the monitor died; the container did not
+        fields: dict[str, Any] = {"status": "exited", "pid": 0}
+        if exit_info is not None:
+            fields.update(exit_code=int(exit_info["exitCode"]), oom_killed=int(bool(exit_info.get("oomKilled"))),
+                          finished_at=_parse_time(exit_info["finishedAt"]),
+                          restart_count=int(exit_info.get("restartCount", 0)))
+        else:
+            fields.update(exit_code=-1, finished_at=time.time(), error="the monitor and container disappeared")
+        self.db.update_state(c.id, **fields)
+        for k, v in fields.items():
+            setattr(c, k, bool(v) if k == "oom_killed" else v)
+        return c
+
+    def create(self, image: str, command: list[str] | None = None, *, name: str | None = None,
+               pull: str = "missing", platform: str | None = None, **opts: Any) -> Container:
+        """Create a container from ``image``; ``opts`` are ``berth run``'s options by their long names
+        (``env=[...]``, ``memory="64m"``, ``restart="on-failure:3"``, ``labels={...}``...)."""
+        from berth.engine import spec as specmod
+        from berth.engine.names import random_name
+        from berth.snapshots.mount import mount_all
+
+        runtime = opts.get("runtime") or self.default_runtime
+        self.runtime_argv(runtime)  # an unknown runtime is an error before anything is made
+        _restart_policy(opts.get("restart", "no"))
+        img = self.image(image, pull, platform)
+        image_cfg = _image_config(self.image_store, img)
+        cid = secrets.token_hex(32)
+        name = name or random_name()
+        if not _valid_name(name):
+            raise InvalidArgument(f"invalid container name {name!r}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*")
+        options = {**opts, "command": command, "runtime": runtime}
+        self.db.add_container(cid, name, image, str(img.id), options)
+        rootfs = os.path.join(self._state_dir(cid), "rootfs")
+        try:
+            os.makedirs(rootfs, mode=0o755)
+            mounts = self.image_store.prepare_rootfs(img, cid)
+            mount_all(mounts, rootfs)
+            oci = specmod.build(cid, options, image_cfg, rootfs)
+            bundle = self._bundle_dir(cid)
+            os.makedirs(bundle, mode=0o700)
+            with open(os.path.join(bundle, "config.json"), "w") as f:
+                f.write(jsonc.dumps(oci))
+        except BaseException:
+            self._cleanup(cid)
+            raise
+        return self.get(cid)
+
+    def start(self, ref: str) -> Container:
+        c = self.get(ref)
+        if c.running:
+            raise Conflict(f"container {c.name} is already running")
+        state_dir = c.state_dir
+        rootfs = os.path.join(state_dir, "rootfs")
+        if not os.path.ismount(rootfs):
+            from berth.snapshots.mount import mount_all
+
+            mount_all(self.image_store.snapshots.mounts(c.id), rootfs)
+        for stale in ("exit.json", "stopped", "health.json", "pid"):
+            try:
+                os.unlink(os.path.join(state_dir, stale))
+            except FileNotFoundError:
+                pass
+        opts = c.config
+        restart_name, restart_max = _restart_policy(opts.get("restart", "no"))
+        monitor_cfg: dict[str, Any] = {
+            "id": c.id, "bundle": self._bundle_dir(c.id), "runtime": self.runtime_argv(opts["runtime"]),
+            "log_path": os.path.join(self._bundle_dir(c.id), "ctr.log"),
+            "log_max_size": _log_size(opts), "log_max_files": int((opts.get("log_opts") or {}).get("max-file", 3)),
+            "terminal": bool(opts.get("tty")), "restart": {"name": restart_name, "max": restart_max},
+            "cgroup": f"/berth/{c.id}",
+        }
+        if opts.get("health"):
+            monitor_cfg["health"] = opts["health"]
+        with open(os.path.join(state_dir, "monitor.json"), "w") as f:
+            f.write(jsonc.dumps(monitor_cfg))
+        pid = _spawn_monitor(state_dir)
+        self.db.update_state(c.id, status="running", pid=pid, started_at=time.time(), exit_code=0, error="")
+        return self.get(c.id)
+
+    def run(self, image: str, command: list[str] | None = None, **opts: Any) -> Container:
+        """create + start; returns at once (wait() and logs() follow it)."""
+        c = self.create(image, command, **opts)
+        try:
+            return self.start(c.id)
+        except BaseException:
+            self.remove(c.id, force=True)
+            raise
+
+    def wait(self, ref: str, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            c = self.get(ref)
+            if c.status in ("exited", "created"):
+                return c.exit_code
+            if deadline is not None and time.monotonic() > deadline:
+                raise Conflict(f"container {c.name} is still running after {timeout}s")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    def logs(self, ref: str, follow: bool = False) -> Iterator[dict[str, str]]:
+        from berth.monitor.logfile import follow as follow_log
+        from berth.monitor.logfile import read_entries
+
+        c = self.get(ref)
+        path = os.path.join(self._bundle_dir(c.id), "ctr.log")
+        max_files = int((c.config.get("log_opts") or {}).get("max-file", 3))
+        if not follow:
+            yield from read_entries(path, max_files)
+            return
+        for i in range(max_files - 1, 0, -1):
+            yield from read_entries(f"{path}.{i}", 1)
+        yield from follow_log(path, stop=lambda: not self.get(c.id).running)
+
+    def kill(self, ref: str, signal: str = "KILL") -> None:
+        c = self.get(ref)
+        if not c.running:
+            raise Conflict(f"container {c.name} is not running")
+        self._runtime(c, "kill", c.id, signal)
+
+    def stop(self, ref: str, timeout: float | None = None) -> Container:
+        c = self.get(ref)
+        if not c.running:
+            return c
+        open(os.path.join(c.state_dir, "stopped"), "w").close()
+        if timeout is None:
+            timeout = float(c.config.get("stop_timeout") or 10)
+        sig = c.config.get("stop_signal") or "TERM"
+        try:
+            self._runtime(c, "kill", c.id, sig)
+        except BerthError:
+            pass
+        try:
+            self.wait(c.id, timeout)
+        except Conflict:
+            try:
+                self._runtime(c, "kill", c.id, "KILL")
+            except BerthError:
+                pass
+            self.wait(c.id, 10)
+        return self.get(c.id)
+
+    def remove(self, ref: str, force: bool = False) -> None:
+        c = self.get(ref)
+        if c.running:
+            if not force:
+                raise Conflict(f"cannot remove container {c.name}: it is running (stop it first, or use -f)")
+            open(os.path.join(c.state_dir, "stopped"), "w").close()
+            try:
+                self._runtime(c, "kill", c.id, "KILL")
+            except BerthError:
+                pass
+            try:
+                self.wait(c.id, 10)
+            except Conflict:
+                pass
+        try:
+            self._runtime(c, "delete", "--force", c.id)
+        except BerthError:
+            pass
+        self._cleanup(c.id)
+
+    def _cleanup(self, cid: str) -> None:
+        import shutil
+
+        from berth.snapshots.mount import unmount
+
+        rootfs = os.path.join(self._state_dir(cid), "rootfs")
+        if os.path.ismount(rootfs):
+            unmount(rootfs, detach=True)
+        try:
+            self.image_store.snapshots.remove(cid)
+        except (NotFound, BerthError):
+            pass
+        shutil.rmtree(self._state_dir(cid), ignore_errors=True)
+        shutil.rmtree(self._bundle_dir(cid), ignore_errors=True)
+        self.db.remove_container(cid)
+
+    def _runtime(self, c: Container, *args: str) -> str:
+        import subprocess
+
+        res = subprocess.run([*self.runtime_argv(c.config["runtime"]), *args], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise BerthError((res.stderr.strip().splitlines() or [f"runtime {args[0]} failed"])[-1])
+        return res.stdout
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        c = self.get(ref)
+        health = _read_json(os.path.join(c.state_dir, "health.json"))
+        state = {
+            "Status": c.status, "Running": c.status == "running", "Paused": c.status == "paused",
+            "Restarting": c.status == "restarting", "OOMKilled": c.oom_killed, "Dead": False, "Pid": c.pid,
+            "ExitCode": c.exit_code, "Error": c.error, "StartedAt": _iso(c.started_at),
+            "FinishedAt": _iso(c.finished_at),
+        }
+        if health is not None:
+            state["Health"] = health
+        with open(os.path.join(self._bundle_dir(c.id), "config.json"), "rb") as f:
+            oci = jsonc.loads(f.read())
+        return {
+            "Id": c.id, "Name": "/" + c.name, "Created": _iso(c.created), "Image": c.image_id,
+            "State": state, "RestartCount": c.restart_count,
+            "Path": oci["process"]["args"][0], "Args": oci["process"]["args"][1:],
+            "Config": {"Image": c.image, "Cmd": c.config.get("command"), "Env": oci["process"]["env"],
+                       "Hostname": oci.get("hostname", ""), "Labels": c.config.get("labels") or {},
+                       "Tty": bool(c.config.get("tty")), "WorkingDir": oci["process"]["cwd"]},
+            "HostConfig": {"Runtime": c.config["runtime"], "Memory": (oci["linux"].get("resources", {})
+                                                                    .get("memory", {}).get("limit", 0)),
+                           "Privileged": bool(c.config.get("privileged")),
+                           "RestartPolicy": dict(zip(("Name", "MaximumRetryCount"),
+                                                     _restart_policy(c.config.get("restart", "no")), strict=True))},
+            "LogPath": os.path.join(self._bundle_dir(c.id), "ctr.log"),
+        }
+
+
+def _iso(t: float) -> str:
+    if not t:
+        return "0001-01-01T00:00:00Z"
+    from berth.monitor.logfile import timestamp
+
+    return timestamp(t)
+
+
+def _valid_name(name: str) -> bool:
+    ok = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+    return bool(name) and name[0].isalnum() and set(name) <= ok
+
+
+def _restart_policy(text: str) -> tuple[str, int]:
+    name, _, count = (text or "no").partition(":")
+    if name not in ("no", "on-failure", "always", "unless-stopped"):
+        raise InvalidArgument(f"invalid restart policy {text!r} (no, on-failure[:N], always, unless-stopped)")
+    if count and (name != "on-failure" or not count.isdigit()):
+        raise InvalidArgument(f"invalid restart policy {text!r}: only on-failure takes a retry count")
+    return name, int(count or 0)
+
+
+def _log_size(opts: dict[str, Any]) -> int:
+    raw = (opts.get("log_opts") or {}).get("max-size")
+    if raw is None:
+        return 10 * 1024 * 1024
+    from berth.engine.spec import parse_size
+
+    return parse_size(raw, "--log-opt max-size")
+
+
+def _image_config(store: ImageStore, img: Image) -> dict[str, Any]:
+    """The image's run defaults in Docker's spelling (Env, Entrypoint, Cmd, User, WorkingDir...)."""
+    section = store.config(img).config
+    if section is None:
+        return {}
+    return {"Env": section.env, "Entrypoint": section.entrypoint, "Cmd": section.cmd, "User": section.user,
+            "WorkingDir": section.working_dir, "StopSignal": section.stop_signal,
+            "Healthcheck": section.healthcheck, "Labels": section.labels}
+
+
+def _spawn_monitor(state_dir: str) -> int:
+    """Start the container's monitor in a session of its own and wait for its first word."""
+    r, w = os.pipe()
+    os.set_inheritable(w, True)
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    env["BERTH_SYNC_FD"] = str(w)
+    null = os.open("/dev/null", os.O_RDWR)
+    try:
+        os.posix_spawn(_bin("berth-monitor"), ["berth-monitor", state_dir], env, setsid=True, file_actions=[
+            (os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, null, 1), (os.POSIX_SPAWN_DUP2, null, 2)])
+    finally:
+        os.close(w)
+        os.close(null)
+    with os.fdopen(r, "rb") as f:
+        line = f.readline().decode().strip()
+    word, _, rest = line.partition(" ")
+    if word == "started":
+        return int(rest)
+    message = rest or "the monitor exited before starting the container"
+    from berth.errors import CannotInvoke, CommandNotFound
+
+    if "executable file not found" in message or "no such file or directory" in message:
+        raise CommandNotFound(message)
+    if "permission denied" in message:
+        raise CannotInvoke(message)
+    raise BerthError(message)
