@@ -18,21 +18,10 @@ from typing import Any
 import pytest
 
 from berth.runtime.spec_template import default_spec
+from support import need_tool
 
 BUSYBOX = "/bin/busybox"
 VENV_BIN = Path(sys.executable).parent
-
-
-def need_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: namespaces, mounts and cgroups are real here")
-
-
-def need_tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed (.ci/run installs it)")
-    return path
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import need_tool
+from support import need_tool
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 

@@ -194,3 +194,22 @@ def test_twenty_parallel_allocations_get_distinct_addresses(db: str) -> None:
     assert len(set(ips)) == 20
     i = IPAM(db)
     assert len({lease.ports[0].host_port for lease in i.leases("n")}) == 20
+
+
+def test_works_on_the_engines_connection(db: str) -> None:
+    """The engine's connection: autocommit, rows as sqlite3.Row, foreign keys enforced."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA user_version = 7")  # the engine's own migrations count; untouched by ours
+    i = IPAM(conn)
+    net = i.create("n")
+    lease = i.allocate("n", "c1", names=["web"], ports=[parse("8080:80")], port_busy=never_busy)
+    assert i.lookup("n", "web") == [lease.ip] and i.get(net.id).name == "n"
+    assert i.leases(container_id="c1")[0].ports == lease.ports
+    with pytest.raises(Conflict):
+        i.remove("n")
+    assert i.release("n", "c1") is not None
+    i.remove("n")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 7

@@ -389,7 +389,7 @@ def test_features(rt: RT) -> None:
     linux = feats["linux"]
     assert set(linux["namespaces"]) >= {"pid", "network", "mount", "ipc", "uts", "user", "cgroup"}
     assert "CAP_SYS_ADMIN" in linux["capabilities"]
-    assert {"bind", "rbind", "ro", "rprivate"} <= set(feats["mountOptions"])
+    assert {"bind", "rbind", "ro", "rprivate", "tmpcopyup"} <= set(feats["mountOptions"])
     assert linux["cgroup"]["v1"] is True and linux["cgroup"]["v2"] is True
     assert linux["seccomp"]["enabled"] is True
     assert "SCMP_ACT_ERRNO" in linux["seccomp"]["actions"]

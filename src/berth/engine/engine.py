@@ -25,7 +25,7 @@ from berth.oci import jsonc
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from typing import Any
+    from typing import Any, NoReturn
 
     from berth.engine.db import Database
     from berth.images.store import Image, ImageStore
@@ -307,6 +307,73 @@ class Engine:
             self.remove(c.id, force=True)
             raise
 
+    def run_attached(self, image: str, command: list[str] | None = None, *, remove: bool = False,
+                     **opts: Any) -> int:
+        """Run in the foreground with the caller's stdio (and terminal, with ``tty``): the calling
+        process is the container's parent, no monitor and no log. Returns the container's status."""
+        c = self.create(image, command, **opts)
+        try:
+            return self._attached(c)
+        finally:
+            if remove:
+                self.remove(c.id, force=True)
+
+    def _attached(self, c: Container) -> int:
+        import subprocess
+
+        from berth.kernel.syscalls import PR_SET_CHILD_SUBREAPER, prctl
+
+        runtime = self.runtime_argv(c.config["runtime"])
+        pid_file = os.path.join(c.state_dir, "pid")
+        # The runtime's errors go to a log file: its stderr is the container's, held open by the
+        # container's init long after create returns.
+        log = os.path.join(c.state_dir, "runtime.log")
+        argv = [*runtime, "--log", log, "--log-format", "json", "create", "--bundle", self._bundle_dir(c.id),
+                "--pid-file", pid_file]
+        receiver = None
+        if c.config.get("tty"):
+            from berth.runtime.console import Receiver
+
+            receiver = Receiver()
+            argv += ["--console-socket", receiver.path]
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+        stdin = None if c.config.get("interactive") or c.config.get("tty") else subprocess.DEVNULL
+        res = subprocess.run([*argv, c.id], stdin=stdin)
+        if res.returncode != 0:
+            if receiver is not None:
+                receiver.close()
+            _raise_runtime_error(_log_errors(log) or [f"runtime create failed ({res.returncode})"])
+        master = receiver.master() if receiver is not None else None
+        with open(pid_file) as f:
+            pid = int(f.read())
+        self.db.update_state(c.id, status="running", pid=pid, started_at=time.time(), exit_code=0, error="")
+        self._runtime(c, "start", c.id)
+        from berth.runtime.lifecycle import wait_exit
+
+        if master is not None:
+            from berth.runtime.console import relay
+
+            code = relay(master, pid, wait_exit)
+        else:
+            from berth.runtime.execute import forward_signals
+
+            forward_signals(pid)
+            code = wait_exit(pid)
+        oom = False
+        try:
+            from berth.kernel.cgroups import open_cgroup
+
+            oom = open_cgroup(f"/berth/{c.id}", c.id).oom_kill_count() > 0
+        except Exception:
+            pass
+        try:
+            self._runtime(c, "delete", "--force", c.id)
+        except BerthError:
+            pass
+        self.db.update_state(c.id, status="exited", pid=0, exit_code=code, finished_at=time.time(),
+                             oom_killed=int(oom))
+        return code
+
     def wait(self, ref: str, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.005
@@ -494,8 +561,34 @@ def _spawn_monitor(state_dir: str) -> int:
     if word == "started":
         return int(rest)
     message = rest or "the monitor exited before starting the container"
+
+    _raise_runtime_error([message])
+
+
+def _log_errors(path: str) -> list[str]:
+    """The messages of a runtime's JSON log (runc's --log-format json)."""
+    out = []
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                try:
+                    entry = jsonc.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(entry, dict) and entry.get("level") == "error":
+                    out.append(str(entry.get("msg", "")))
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def _raise_runtime_error(lines: list[str]) -> NoReturn:
+    """Turn an OCI runtime's error into Docker's exit codes: 127 missing command, 126 not runnable."""
     from berth.errors import CannotInvoke, CommandNotFound
 
+    message = lines[-1] if lines else "the OCI runtime failed"
+    if message.startswith("berth-runtime: "):
+        message = message[len("berth-runtime: "):]
     if "executable file not found" in message or "no such file or directory" in message:
         raise CommandNotFound(message)
     if "permission denied" in message:

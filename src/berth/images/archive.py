@@ -509,7 +509,7 @@ def _now() -> str:
 # --- saving ------------------------------------------------------------------------------------------------
 
 
-def save(store: ImageStore, refs: Sequence[str | Image], dest: str | os.PathLike[str] | BinaryIO,
+def save(store: ImageStore, refs: Sequence[str | Digest | Image], dest: str | os.PathLike[str] | BinaryIO,
          format: str = DOCKER_ARCHIVE) -> None:
     """Write images to ``dest`` (a path, or a binary stream for the archive formats).
 
@@ -520,7 +520,8 @@ def save(store: ImageStore, refs: Sequence[str | Image], dest: str | os.PathLike
     chosen: list[tuple[Image, list[str]]] = []
     for ref in refs:
         image = ref if isinstance(ref, Image) else store.get(ref)
-        names = list(image.names) if isinstance(ref, Image) else _names_for(ref, image)
+        names = list(image.names) if isinstance(ref, Image) else [] if isinstance(ref, Digest) \
+            else _names_for(ref, image)
         for seen, seen_names in chosen:
             if seen.id == image.id:
                 seen_names.extend(n for n in names if n not in seen_names)

@@ -18,9 +18,9 @@ pyroute2 is imported on first use: it costs ~0.1 s, which ``--network none`` and
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import socket
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -115,7 +115,7 @@ def _index(ipr: IPRoute, name: str) -> int | None:
 def veth_name(container_id: str, network: Network) -> str:
     """Host end of a container's veth on a network: ``bv`` + 9 characters of the container id + 4 of a
     hash of the bridge name, 15 characters in all (IFNAMSIZ); the alias carries the full id."""
-    tag = hashlib.sha256(network.bridge.encode()).hexdigest()[:4]
+    tag = f"{zlib.crc32(network.bridge.encode()) & 0xFFFF:04x}"
     return f"{VETH_PREFIX}{container_id[:9]}{tag}"
 
 
@@ -200,7 +200,8 @@ def attach(
     """Give the container in ``netns`` an interface ``ifname`` on ``network`` with address ``ip``.
 
     Brings the container's loopback up, sets MTU, MAC and address, and a default route through the
-    gateway unless the network is internal. Returns the host end's name. On any failure the pair is
+    gateway unless the network is internal or the container has one already (from the first network
+    it joined). Returns the host end's name. On any failure the pair is
     deleted again, so a failed attach leaves nothing.
     """
     if not ifname or len(ifname) > 15 or "/" in ifname or ifname in (".", ".."):
@@ -237,9 +238,11 @@ def attach(
             try:
                 index = _index(ipr, host)
                 assert index is not None
-                ipr.link(
-                    "set", index=index, master=bridge, ifalias=f"{ALIAS_CTR}{container_id}:{network.bridge}", state="up"
-                )
+                ipr.link("set", index=index, master=bridge, ifalias=f"{ALIAS_CTR}{container_id}:{network.bridge}")
+                # Hairpin: with br_netfilter loaded, a container's packet to its own published port is
+                # DNAT'd while being bridged and must leave through the port it came in by.
+                ipr.brport("set", index=index, mode=1)
+                ipr.link("set", index=index, state="up")
                 with netns_iproute(path) as nsr:
                     lo = _index(nsr, "lo")
                     if lo is not None:
@@ -250,7 +253,12 @@ def attach(
                     nsr.addr("add", index=inner, address=str(ip), prefixlen=network.prefixlen)
                     nsr.link("set", index=inner, state="up")
                     if not network.internal:
-                        nsr.route("add", dst="0.0.0.0/0", gateway=str(network.gateway), oif=inner)
+                        try:
+                            nsr.route("add", dst="0.0.0.0/0", gateway=str(network.gateway), oif=inner)
+                        except Exception as e:
+                            # On a second network the first one's default route stays, as with Docker.
+                            if _netlink_errno(e) != errno.EEXIST:
+                                raise
             except BaseException:
                 _delete(ipr, host)
                 raise

@@ -9,7 +9,8 @@ removed container's name vanishes the moment its lease is released. TTLs are 0 f
 
 Answers:
 - ``NAME`` or ``NAME.<domain>`` of a container on this network → its A records (AAAA and other types of
-  a known name get an empty NOERROR answer, so clients do not go on to ask elsewhere);
+  a known name get an empty NOERROR answer, so clients do not go on to ask elsewhere); a container on
+  several networks also gets the names of its other networks (it has only one resolver it asks first);
 - PTR for addresses in the network's subnet → the container's names;
 - other names under ``<domain>`` → NXDOMAIN;
 - everything else is forwarded over UDP (TCP when the answer is truncated and the client used TCP) to
@@ -24,7 +25,6 @@ dnslib (the wire format) is imported only in the server process, never on the en
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import select
@@ -36,7 +36,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Address, IPv4Network, ip_address
 from typing import Any
 
@@ -152,7 +151,7 @@ def start(
         args += ["--upstream", upstream]
     proc = subprocess.run(
         _command(args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True, timeout=30, start_new_session=True, check=False,
+        text=True, timeout=30, start_new_session=True, check=False, cwd="/",
     )  # fmt: skip
     if proc.returncode != 0:
         message = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit status {proc.returncode}"
@@ -239,7 +238,7 @@ def resolv_conf_nameservers(path: str) -> list[str]:
 class Server:
     """Answers from the database, forwards the rest; one instance per process."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: Any) -> None:
         self.network = args.network
         self.db_path = args.db
         self.domain = args.domain.strip(".").lower()
@@ -295,7 +294,7 @@ class Server:
             reply.header.rcode = RCODE.NOTIMP
             return bytes(reply.pack())
         try:
-            local = self.answer_local(request)
+            local = self.answer_local(request, client)
         except sqlite3.Error:
             reply = request.reply()
             reply.header.rcode = RCODE.SERVFAIL
@@ -313,7 +312,7 @@ class Server:
             return bytes(reply.pack())
         return self.forward(request, data, client, tcp)
 
-    def answer_local(self, request: Any) -> bytes | None:
+    def answer_local(self, request: Any, client: str = "0.0.0.0") -> bytes | None:
         from dnslib import PTR, QTYPE, RCODE, RR, A
 
         from berth.network import ipam
@@ -342,8 +341,12 @@ class Server:
         candidates = [name]
         if in_domain and name != self.domain:
             candidates.insert(0, name[: -len(self.domain) - 1])
+        try:
+            asker = IPv4Address(client)
+        except ValueError:
+            asker = IPv4Address(0)
         for candidate in candidates:
-            addrs = ipam.lookup(conn, self.network, candidate)
+            addrs = ipam.lookup_for_client(conn, self.network, asker, candidate)
             if addrs:
                 reply = request.reply()
                 if q.qtype in (QTYPE.A, QTYPE.ANY):
@@ -446,6 +449,9 @@ def _write_pidfile(path: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+    from concurrent.futures import ThreadPoolExecutor
+
     parser = argparse.ArgumentParser(prog=MARKER, description="berth's per-network name server")
     parser.add_argument("--network", required=True)
     parser.add_argument("--listen", required=True)

@@ -47,6 +47,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _CID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _DNS_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _DNS_NAME_RE = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
+_THIS_NET = IPv4Network("0.0.0.0/8")
 _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 _SCHEMA_V1 = """
@@ -240,8 +241,8 @@ def _parse_net(text: str, what: str) -> IPv4Network:
         raise InvalidArgument(f"invalid {what} {text!r}: {e}") from None
     if not isinstance(net, IPv4Network):
         raise Unsupported(f"{what} {text}: IPv6 networks are not supported yet")
-    if net.is_loopback or net.is_multicast or net.is_link_local or net.is_reserved or net.network_address.is_unspecified:
-        raise InvalidArgument(f"{what} {text} is not usable for containers (loopback, link-local, multicast or reserved)")
+    if net.is_loopback or net.is_multicast or net.is_link_local or net.is_reserved or net.overlaps(_THIS_NET):
+        raise InvalidArgument(f"{what} {text} cannot hold containers (loopback, link-local, multicast or reserved)")
     return net
 
 
@@ -625,6 +626,24 @@ def lookup(conn: sqlite3.Connection, network: str, name: str) -> list[IPv4Addres
         "SELECT l.ip FROM net_names n JOIN net_leases l ON l.network = n.network AND l.container_id = n.container_id"
         " WHERE n.network = ? AND n.name = ? ORDER BY l.created",
         (network, name),
+    ).fetchall()
+    return [IPv4Address(r[0]) for r in dict.fromkeys(rows)]
+
+
+def lookup_for_client(conn: sqlite3.Connection, network: str, client: IPv4Address, name: str) -> list[IPv4Address]:
+    """What a container asking ``network``'s server sees: names on that network first, else names on
+    the other networks the asking container (found by its address) is also connected to — a container
+    on two networks resolves both, as with Docker; everyone else sees only the one network."""
+    own = lookup(conn, network, name)
+    if own:
+        return own
+    rows = conn.execute(
+        "SELECT l2.ip FROM net_leases me"
+        " JOIN net_leases mine ON mine.container_id = me.container_id AND mine.network != me.network"
+        " JOIN net_names n ON n.network = mine.network AND n.name = ?"
+        " JOIN net_leases l2 ON l2.network = n.network AND l2.container_id = n.container_id"
+        " WHERE me.network = ? AND me.ip = ? ORDER BY l2.created",
+        (name, network, int(client)),
     ).fetchall()
     return [IPv4Address(r[0]) for r in dict.fromkeys(rows)]
 

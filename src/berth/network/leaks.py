@@ -1,8 +1,9 @@
 """Enumerate everything berth's network layer has created, so a test (or ``berth system check``) can
 assert that nothing is left: bridges and veths (found by their ``berth:`` alias or berth's veth
-prefix), rules in berth's nftables table (and the table itself, which should exist only while some
-network has containers), leases, DNS names and host ports in the database, and name-server processes
-(by pid file and by scanning /proc, so one that lost its pid file is found too).
+prefix); rules in berth's nftables table or iptables chains, and the table or chains themselves,
+which should exist only while some network has containers; leases, DNS names and host ports in the
+database; and name-server processes (by pid file, and by scanning /proc so that one that lost its
+pid file is found too).
 
 Everything is read in the caller's network namespace; the database and run directory are optional.
 """
@@ -13,6 +14,7 @@ import os
 import sqlite3
 from dataclasses import dataclass, field, fields
 
+from berth.errors import Unsupported
 from berth.network import bridge, dns
 from berth.network.nat import firewall
 
@@ -38,12 +40,19 @@ class Leftovers:
 
 
 def find(db: str | None = None, run_dir: str | None = None, table: str = "berth") -> Leftovers:
+    """What is left in this network namespace, in the database ``db`` and under ``run_dir``.
+    ``nft_table`` means berth's nft table or its ``BERTH-*`` iptables chains exist."""
     out = Leftovers()
     for link in bridge.links():
         (out.bridges if link.kind == "bridge" else out.veths).append(link.name)
-    fw = firewall(table)
-    out.nft_table = fw.exists()
-    out.nft_rules = [f"{r.chain}: {r.comment}" for r in fw.rules()] if out.nft_table else []
+    for backend in ("nft", "iptables"):
+        try:
+            fw = firewall(table, backend=backend)
+        except Unsupported:
+            continue
+        if fw.exists():
+            out.nft_table = True
+            out.nft_rules += [f"{backend} {r.chain}: {r.comment}" for r in fw.rules()]
     if db is not None and os.path.exists(db):
         conn = sqlite3.connect(db, timeout=10.0)
         try:

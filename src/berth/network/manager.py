@@ -57,6 +57,8 @@ class Settings:
     #: Upstreams of the name servers (``IP`` or ``IP:PORT``); None = the host's, from ``resolv_conf``.
     dns_upstreams: tuple[str, ...] | None = None
     resolv_conf: str = "/etc/resolv.conf"
+    #: ``auto`` (nft when installed, else iptables), ``nft`` or ``iptables``.
+    firewall: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ class Networks:
     def firewall(self) -> Firewall:
         if self._firewall is None:
             lock = os.path.join(self.settings.run_dir, "locks", "firewall.lock")
-            self._firewall = firewall(self.settings.table, lock)
+            self._firewall = firewall(self.settings.table, lock, self.settings.firewall)
         return self._firewall
 
     @contextmanager
@@ -143,6 +145,8 @@ class Networks:
         with self._lock(net.name):
             removed = self.ipam.remove(net.name)
             self._teardown(removed)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.settings.run_dir, "dns", f"{removed.name}.log"))
         return removed
 
     def prune(self) -> list[str]:
@@ -246,7 +250,9 @@ class Networks:
         """Take the container off ``network``: rules, veth, lease, then the network's host side if it
         was the last. Idempotent; False when the container was not connected."""
         net = self.ipam.get(network)
-        self.firewall.unpublish(container_id, net.bridge)
+        lease = self.ipam.lease(net.name, container_id)
+        if lease is None or lease.ports:  # without a lease, rules may still be there after a crash
+            self.firewall.unpublish(container_id, net.bridge)
         bridge.detach(container_id, net)
         released = self.ipam.release(net.name, container_id)
         with self._lock(net.name):
@@ -260,8 +266,7 @@ class Networks:
         for lease in self.ipam.leases(container_id=container_id):
             with contextlib.suppress(NotFound):
                 self.disconnect(container_id, lease.network)
-        if self.firewall.exists():
-            self.firewall.unpublish(container_id)
+        self.firewall.unpublish(container_id)
         for link in bridge.links():
             if link.container_id == container_id:
                 bridge.delete_link(link.name)

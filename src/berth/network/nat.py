@@ -23,8 +23,8 @@ price of route_localnet is that containers could otherwise send to the host's 12
 prerouting rule drops exactly that. Hairpin traffic (a container to a published port of its own
 network) is masqueraded to the gateway too, so the answer comes back the way the question went.
 
-``iptables`` (nft flavour) would be the fallback where the ``nft`` binary is absent; it is not written
-yet, and :func:`firewall` says so instead of silently doing nothing.
+Where the ``nft`` command is absent, the same rules go through ``iptables`` (``IptablesFirewall``): chains
+``BERTH-*`` in the filter, nat and raw tables, with the same comments.
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import subprocess
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
@@ -53,6 +54,7 @@ class Rule:
     chain: str
     handle: int
     comment: str
+    spec: str = ""  # iptables: the rule as iptables-save prints it, which is how it is deleted
 
     @property
     def container_id(self) -> str | None:
@@ -63,6 +65,21 @@ class Rule:
     @property
     def network(self) -> str | None:
         return self.comment[len(COMMENT_NET) :] if self.comment.startswith(COMMENT_NET) else None
+
+
+@contextmanager
+def _flock(path: str | None) -> Iterator[None]:
+    """Network set-up and tear-down (which may delete the table) are serialised across processes."""
+    if path is None:
+        yield
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _quote(comment: str) -> str:
@@ -83,9 +100,7 @@ class NftFirewall:
     """berth's table, driven through the ``nft`` command (text in, JSON out)."""
 
     def __init__(self, table: str = "berth", lock_path: str | None = None, nft: str | None = None) -> None:
-        found = nft or shutil.which("nft") or next(
-            (p for p in ("/usr/sbin/nft", "/sbin/nft") if os.access(p, os.X_OK)), None
-        )
+        found = nft or _nft_path()
         if found is None:
             raise Unsupported("nft is not installed")
         self.nft = found
@@ -110,19 +125,8 @@ class NftFirewall:
             raise BerthError(f"nft failed: {proc.stderr.strip()}")
         return [item for item in json.loads(proc.stdout).get("nftables", []) if isinstance(item, dict)]
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Network set-up and tear-down (which may delete the table) are serialised across processes."""
-        if self.lock_path is None:
-            yield
-            return
-        os.makedirs(os.path.dirname(self.lock_path), exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def _locked(self) -> AbstractContextManager[None]:
+        return _flock(self.lock_path)
 
     def exists(self) -> bool:
         return bool(self._list())
@@ -227,13 +231,205 @@ class NftFirewall:
         return len(wanted)
 
 
-Firewall = NftFirewall
+class IptablesFirewall:
+    """The same rules through ``iptables`` (the nf_tables flavour where it exists; legacy works too),
+    for hosts without the ``nft`` command. Chains ``BERTH-*`` in the filter, nat and raw tables are
+    jumped to from the built-in ones; every change is one ``iptables-restore --noflush`` per table,
+    which the kernel applies atomically. Rules are deleted by repeating their exact specification as
+    ``iptables-save`` prints it, so nothing but berth's rules is ever touched."""
+
+    CHAINS = {
+        "filter": [("BERTH-FORWARD", "FORWARD", "")],
+        "raw": [("BERTH-PREROUTING", "PREROUTING", "")],
+        "nat": [
+            ("BERTH-PUBLISHED", "PREROUTING", "-m addrtype --dst-type LOCAL "),
+            ("BERTH-PUBLISHED", "OUTPUT", "-m addrtype --dst-type LOCAL "),
+            ("BERTH-POSTROUTING", "POSTROUTING", ""),
+        ],
+    }
+
+    def __init__(self, table: str = "berth", lock_path: str | None = None, iptables: str | None = None) -> None:
+        found = iptables or shutil.which("iptables")
+        if found is None:
+            raise Unsupported("iptables is not installed")
+        self.iptables = found
+        self.restore = os.path.join(os.path.dirname(found), os.path.basename(found) + "-restore")
+        self.save = os.path.join(os.path.dirname(found), os.path.basename(found) + "-save")
+        self.table = table  # berth's chains have fixed names; kept for a uniform interface
+        self.lock_path = lock_path
+
+    def _locked(self) -> AbstractContextManager[None]:
+        return _flock(self.lock_path)
+
+    def _dump(self, table: str) -> list[str]:
+        proc = subprocess.run([self.save, "-t", table], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise BerthError(f"{self.save} failed: {proc.stderr.strip()}")
+        return proc.stdout.splitlines()
+
+    def _apply(self, scripts: dict[str, list[str]]) -> None:
+        for table, lines in scripts.items():
+            if not lines:
+                continue
+            script = f"*{table}\n" + "\n".join(lines) + "\nCOMMIT\n"
+            proc = subprocess.run(
+                [self.restore, "--noflush", "-w"], input=script, capture_output=True, text=True, check=False
+            )
+            if proc.returncode != 0:
+                raise BerthError(f"iptables-restore failed: {proc.stderr.strip()}\n--- script ---\n{script}")
+
+    def _state(self) -> dict[str, tuple[set[str], list[str]]]:
+        """table → (chains that exist, the ``-A`` lines)."""
+        out = {}
+        for table in self.CHAINS:
+            lines = self._dump(table)
+            chains = {line[1:].split()[0] for line in lines if line.startswith(":")}
+            out[table] = (chains, [line for line in lines if line.startswith("-A ")])
+        return out
+
+    @staticmethod
+    def _comment(line: str) -> str | None:
+        words = shlex.split(line)
+        if "--comment" in words:
+            i = words.index("--comment")
+            if i + 1 < len(words):
+                return words[i + 1]
+        return None
+
+    def exists(self) -> bool:
+        return any(c.startswith("BERTH-") for chains, _ in self._state().values() for c in chains)
+
+    def rules(self) -> list[Rule]:
+        out = []
+        for table, (_, lines) in self._state().items():
+            for n, line in enumerate(lines):
+                comment = self._comment(line)
+                if comment and comment.startswith((COMMENT_NET, COMMENT_CTR)):
+                    out.append(Rule(f"{table}/{line.split()[1]}", n, comment, line))
+        return out
+
+    def _base(self, state: dict[str, tuple[set[str], list[str]]]) -> dict[str, list[str]]:
+        scripts: dict[str, list[str]] = {}
+        for table, jumps in self.CHAINS.items():
+            chains, lines = state[table]
+            script = scripts.setdefault(table, [])
+            for chain in dict.fromkeys(c for c, _, _ in jumps):
+                if chain not in chains:
+                    script.append(f":{chain} - [0:0]")
+            for chain, parent, match in jumps:
+                jump = f"-A {parent} {match}-j {chain}".replace("  ", " ")
+                if not any(_same(jump, line) for line in lines):
+                    script.append(jump.replace("-A ", "-I ", 1))
+        return scripts
+
+    def network_rules(self, net: Network) -> dict[str, list[str]]:
+        b, s, c = net.bridge, str(net.subnet), f'-m comment --comment "{network_comment(net)}"'
+        out: dict[str, list[str]] = {"raw": [f"-A BERTH-PREROUTING -i {b} -d 127.0.0.0/8 {c} -j DROP"]}
+        if net.internal:
+            out["filter"] = [
+                f"-A BERTH-FORWARD -i {b} ! -o {b} {c} -j DROP",
+                f"-A BERTH-FORWARD -o {b} ! -i {b} {c} -j DROP",
+            ]
+        else:
+            out["filter"] = [
+                f"-A BERTH-FORWARD -o {b} ! -i {b} -m conntrack --ctstate RELATED,ESTABLISHED {c} -j ACCEPT",
+                f"-A BERTH-FORWARD -o {b} ! -i {b} -m conntrack --ctstate DNAT {c} -j ACCEPT",
+                f"-A BERTH-FORWARD -o {b} ! -i {b} {c} -j DROP",
+            ]
+            out["nat"] = [
+                f"-A BERTH-POSTROUTING -s {s} ! -o {b} {c} -j MASQUERADE",
+                f"-A BERTH-POSTROUTING -o {b} -s {s} -m conntrack --ctstate DNAT {c} -j MASQUERADE",
+                f"-A BERTH-POSTROUTING -o {b} -s 127.0.0.0/8 -m conntrack --ctstate DNAT {c} -j MASQUERADE",
+            ]
+        return out
+
+    def _deletes(self, rules: Iterable[Rule]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for r in rules:
+            out.setdefault(r.chain.split("/")[0], []).append("-D " + r.spec[3:])
+        return out
+
+    def ensure_network(self, net: Network) -> None:
+        with self._locked():
+            state = self._state()
+            old = [r for r in self.rules() if r.comment == network_comment(net)]
+            scripts = self._base(state)
+            for table, lines in self._deletes(old).items():
+                scripts.setdefault(table, []).extend(lines)
+            for table, lines in self.network_rules(net).items():
+                scripts.setdefault(table, []).extend(lines)
+            self._apply(scripts)
+
+    def has_network(self, net: Network) -> bool:
+        return any(r.comment == network_comment(net) for r in self.rules())
+
+    def remove_network(self, net: Network | str) -> None:
+        comment = network_comment(net) if isinstance(net, Network) else f"{COMMENT_NET}{net}"
+        with self._locked():
+            rules = self.rules()
+            mine = [r for r in rules if r.comment == comment]
+            rest = [r for r in rules if r.comment != comment]
+            if rest:
+                self._apply(self._deletes(mine))
+                return
+            state = self._state()
+            scripts: dict[str, list[str]] = {}
+            for table, jumps in self.CHAINS.items():
+                chains, lines = state[table]
+                script = scripts.setdefault(table, [])
+                for chain, parent, match in jumps:
+                    jump = f"-A {parent} {match}-j {chain}"
+                    script += ["-D " + line[3:] for line in lines if _same(jump, line)]
+                for chain in dict.fromkeys(c for c, _, _ in jumps):
+                    if chain in chains:
+                        script += [f"-F {chain}", f"-X {chain}"]
+            self._apply(scripts)
+
+    def publish(self, container_id: str, net: Network, ip: IPv4Address, mappings: Iterable[PortMapping]) -> None:
+        c = f'-m comment --comment "{container_comment(container_id, net.bridge)}"'
+        lines = []
+        for m in mappings:
+            if ":" in m.host_ip:
+                raise Unsupported(f"publishing on IPv6 address {m.host_ip} is not supported yet")
+            match = "" if m.host_ip in ("", "0.0.0.0") else f"-d {m.host_ip} "
+            lines.append(
+                f"-A BERTH-PUBLISHED {match}-p {m.proto} -m {m.proto} --dport {m.host_port} {c} "
+                f"-j DNAT --to-destination {ip}:{m.container_port}"
+            )
+        self._apply({"nat": lines})
+
+    def unpublish(self, container_id: str, bridge: str | None = None) -> int:
+        if bridge is not None:
+            wanted = [r for r in self.rules() if r.comment == container_comment(container_id, bridge)]
+        else:
+            wanted = [r for r in self.rules() if r.container_id == container_id]
+        self._apply(self._deletes(wanted))
+        return len(wanted)
 
 
-def firewall(table: str = "berth", lock_path: str | None = None) -> Firewall:
-    """The firewall backend for this host: nftables through ``nft``."""
-    if shutil.which("nft") is None and not any(os.access(p, os.X_OK) for p in ("/usr/sbin/nft", "/sbin/nft")):
-        if shutil.which("iptables"):
-            raise Unsupported("nft is not installed and the iptables fallback is not implemented yet: install nftables")
+def _same(rule: str, line: str) -> bool:
+    """Whether two ``-A`` lines say the same, whatever iptables-save adds (``-m tcp``) or quotes."""
+    return [w for w in shlex.split(rule) if w not in ("-m", "tcp", "udp")] == [
+        w for w in shlex.split(line) if w not in ("-m", "tcp", "udp")
+    ]
+
+
+Firewall = NftFirewall | IptablesFirewall
+
+
+def _nft_path() -> str | None:
+    return shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if os.access(p, os.X_OK)), None)
+
+
+def firewall(table: str = "berth", lock_path: str | None = None, backend: str = "auto") -> Firewall:
+    """The firewall backend: nftables through ``nft`` when it is installed, else ``iptables``.
+
+    ``backend`` forces one (``nft`` or ``iptables``), for tests and for hosts where an admin prefers it.
+    """
+    if backend not in ("auto", "nft", "iptables"):
+        raise ValueError(f"unknown firewall backend {backend!r}")
+    if backend == "nft" or (backend == "auto" and _nft_path() is not None):
+        return NftFirewall(table, lock_path, _nft_path())
+    if shutil.which("iptables") is None:
         raise Unsupported("neither nft nor iptables is installed: install nftables")
-    return NftFirewall(table, lock_path)
+    return IptablesFirewall(table, lock_path)

@@ -499,9 +499,11 @@ def _print_json(obj: Any) -> None:
 
 
 def _log_error(gopts: dict[str, Any], message: str) -> None:
-    sys.stderr.write(f"berth-runtime: {message}\n")
+    """To stderr, or, as runc does, only to the --log file when one is given (the caller's stderr
+    may be the container's)."""
     path = gopts.get("log")
     if not path:
+        sys.stderr.write(f"berth-runtime: {message}\n")
         return
     try:
         import time

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from berth.oci.runtime_config import HOOK_KINDS, NAMESPACE_TYPES
-from berth.runtime.rootfs import _FLAGS, PROPAGATION
+from berth.runtime.rootfs import _FLAGS, EXTENSIONS, PROPAGATION
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -17,7 +17,7 @@ def features() -> dict[str, Any]:
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.3.0",
         "hooks": list(HOOK_KINDS),
-        "mountOptions": sorted([*_FLAGS, *PROPAGATION]),
+        "mountOptions": sorted([*_FLAGS, *PROPAGATION, *EXTENSIONS]),
         "linux": {
             "namespaces": list(NAMESPACE_TYPES),
             "capabilities": caps.names(),

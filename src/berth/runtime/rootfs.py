@@ -35,6 +35,9 @@ _FLAGS: dict[str, tuple[bool, int]] = {
     "nosymfollow": (False, sc.MS_NOSYMFOLLOW), "symfollow": (True, sc.MS_NOSYMFOLLOW),
     "bind": (False, sc.MS_BIND), "rbind": (False, sc.MS_BIND | sc.MS_REC),
 }
+#: Options runc and crun understand beyond mount(2)'s: ``tmpcopyup`` fills a tmpfs with what the
+#: image has at its destination (podman asks for it on --tmpfs and --read-only's tmpfs mounts).
+EXTENSIONS = ("tmpcopyup", "notmpcopyup")
 PROPAGATION: dict[str, int] = {
     "private": sc.MS_PRIVATE, "rprivate": sc.MS_PRIVATE | sc.MS_REC,
     "shared": sc.MS_SHARED, "rshared": sc.MS_SHARED | sc.MS_REC,
@@ -63,6 +66,8 @@ def parse_options(options: list[str]) -> tuple[int, int, str]:
             flags = flags & ~flag if clear else flags | flag
         elif opt in PROPAGATION:
             prop |= PROPAGATION[opt]
+        elif opt in EXTENSIONS:
+            continue  # the runtime's own, never the filesystem's
         else:
             data.append(opt)
     return flags, prop, ",".join(data)
@@ -145,10 +150,18 @@ class RootfsBuilder:
                 self._with_target(dest, lambda p: remount_bind(p, rest))
         else:
             fd = ensure_in_root(self.root_fd, dest, True)
+            below = None
             try:
+                if kind == "tmpfs" and "tmpcopyup" in options:
+                    below = os.open(fd_path(fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 self._mount_fs(m.get("source") or kind, fd_path(fd), kind, flags, data, dest)
+                if below is not None:
+                    src = below
+                    self._with_target(dest, lambda p: _copy_up(src, p))
             finally:
                 os.close(fd)
+                if below is not None:
+                    os.close(below)
         if prop:
             self._with_target(dest, lambda p: sc.mount(None, p, None, prop))
 
@@ -347,6 +360,75 @@ class RootfsBuilder:
             sc.mount(None, "/", None, PROPAGATION[prop])
         if self.spec["root"].get("readonly"):
             remount_bind("/", sc.MS_RDONLY)
+
+
+def _copy_up(src: int, target: str) -> None:
+    """``tmpcopyup``: copy the directory ``src`` (the image's, now under the tmpfs) into ``target``."""
+    dst = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _copy_tree(src, dst)
+    finally:
+        os.close(dst)
+
+
+def _copy_tree(src: int, dst: int) -> None:
+    """Copy entries, modes and owners from directory ``src`` to ``dst``; symlinks are copied as
+    links, never followed, and every name is opened relative to its directory's descriptor."""
+    st = os.fstat(src)
+    os.fchmod(dst, stat.S_IMODE(st.st_mode))
+    _chown(dst, st.st_uid, st.st_gid)
+    dir_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    for name in os.listdir(src):
+        est = os.stat(name, dir_fd=src, follow_symlinks=False)
+        mode = est.st_mode
+        if stat.S_ISDIR(mode):
+            os.mkdir(name, 0o700, dir_fd=dst)
+            s2 = os.open(name, dir_flags, dir_fd=src)
+            try:
+                d2 = os.open(name, dir_flags, dir_fd=dst)
+                try:
+                    _copy_tree(s2, d2)
+                finally:
+                    os.close(d2)
+            finally:
+                os.close(s2)
+            continue
+        if stat.S_ISLNK(mode):
+            os.symlink(os.readlink(name, dir_fd=src), name, dir_fd=dst)
+        elif stat.S_ISREG(mode):
+            sfd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src)
+            try:
+                dfd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                              dir_fd=dst)
+                try:
+                    offset = 0
+                    while offset < est.st_size:
+                        sent = os.sendfile(dfd, sfd, offset, est.st_size - offset)
+                        if not sent:
+                            break
+                        offset += sent
+                    os.fchmod(dfd, stat.S_IMODE(mode))
+                finally:
+                    os.close(dfd)
+            finally:
+                os.close(sfd)
+        else:
+            try:
+                os.mknod(name, mode, est.st_rdev, dir_fd=dst)
+            except PermissionError:
+                continue  # a device node inside a user namespace: left out
+        _chown(name, est.st_uid, est.st_gid, dst)
+
+
+def _chown(path: str | int, uid: int, gid: int, dir_fd: int | None = None) -> None:
+    """Owners are kept where they can be: in a user namespace an unmapped owner cannot be given."""
+    try:
+        if isinstance(path, int):
+            os.fchown(path, uid, gid)
+        else:
+            os.chown(path, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        pass
 
 
 def _make_parent_mount_private(path: str) -> None:

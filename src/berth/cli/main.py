@@ -1,0 +1,409 @@
+"""``berth COMMAND``: parse Docker's flags into options, make one Engine call, format the result.
+
+Exit codes are Docker's: 125 when berth itself fails (bad flag, unknown image or container, name in
+use), 126 when the container's command cannot be invoked, 127 when it is not found, and otherwise
+the container's own status for ``run`` (foreground), ``start -a`` and ``wait``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from berth.cli.flags import Flag, parse
+from berth.errors import BerthError, InvalidArgument
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from berth.engine.engine import Container, Engine
+
+USAGE = """Usage: berth [OPTIONS] COMMAND
+
+A daemonless container engine.
+
+Options:
+  --root DIR       storage root (default /var/lib/berth, or $BERTH_ROOT)
+  --runroot DIR    runtime state (default /run/berth, or $BERTH_RUNROOT)
+  --runtime NAME   OCI runtime: berth (default), runc, crun, runsc or a path
+
+Commands:
+  run, create, start, stop, kill, rm, ps, logs, wait, inspect   containers
+  images, pull, import, rmi, tag                               images
+  version
+"""
+
+GLOBAL = [Flag("root", "root", True), Flag("runroot", "runroot", True), Flag("runtime", "runtime", True),
+          Flag("help,h", "help"), Flag("version,v", "version")]
+
+RUN_FLAGS = [
+    Flag("detach,d", "detach"), Flag("interactive,i", "interactive"), Flag("tty,t", "tty"), Flag("rm", "rm"),
+    Flag("name", "name", True), Flag("env,e", "env", True, True), Flag("env-file", "env_file", True, True),
+    Flag("workdir,w", "workdir", True), Flag("user,u", "user", True), Flag("hostname,h", "hostname", True),
+    Flag("entrypoint", "entrypoint", True), Flag("label,l", "label", True, True),
+    Flag("volume,v", "volume", True, True), Flag("mount", "mount", True, True), Flag("tmpfs", "tmpfs", True, True),
+    Flag("read-only", "read_only"), Flag("memory,m", "memory", True), Flag("memory-swap", "memory_swap", True),
+    Flag("cpus", "cpus", True), Flag("cpu-shares,c", "cpu_shares", True), Flag("cpuset-cpus", "cpuset_cpus", True),
+    Flag("pids-limit", "pids_limit", True), Flag("ulimit", "ulimits", True, True),
+    Flag("cap-add", "cap_add", True, True), Flag("cap-drop", "cap_drop", True, True),
+    Flag("privileged", "privileged"), Flag("security-opt", "security_opt", True, True),
+    Flag("restart", "restart", True), Flag("stop-signal", "stop_signal", True),
+    Flag("stop-timeout", "stop_timeout", True), Flag("health-cmd", "health_cmd", True),
+    Flag("health-interval", "health_interval", True), Flag("health-retries", "health_retries", True),
+    Flag("health-timeout", "health_timeout", True), Flag("health-start-period", "health_start_period", True),
+    Flag("log-opt", "log_opt", True, True), Flag("runtime", "runtime", True), Flag("pull", "pull", True),
+    Flag("platform", "platform", True), Flag("network,net", "network", True), Flag("init", "init"),
+    Flag("help", "help"),
+]
+
+
+def _duration(text: str, flag: str) -> float:
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for suffix in ("ms", "s", "m", "h"):
+        if text.endswith(suffix):
+            try:
+                return float(text[: -len(suffix)]) * units[suffix]
+            except ValueError:
+                break
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidArgument(f"invalid {flag} {text!r}: expected a duration like 30s") from None
+
+
+def run_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """Flags → the Engine's keyword options."""
+    out: dict[str, Any] = {}
+    for key in ("interactive", "tty", "workdir", "user", "hostname", "entrypoint", "read_only", "memory",
+                "memory_swap", "cpus", "cpu_shares", "cpuset_cpus", "pids_limit", "ulimits", "cap_add",
+                "cap_drop", "privileged", "security_opt", "restart", "stop_signal", "stop_timeout", "tmpfs",
+                "runtime", "network"):
+        if key in opts:
+            out[key] = opts[key]
+    env = list(opts.get("env", []))
+    for path in opts.get("env_file", []):
+        try:
+            with open(path) as f:
+                env += [line.strip() for line in f if line.strip() and not line.startswith("#")]
+        except OSError as e:
+            raise InvalidArgument(f"--env-file {path}: {e.strerror}") from None
+    if env:
+        out["env"] = env
+    if opts.get("label"):
+        out["labels"] = dict(item.partition("=")[::2] for item in opts["label"])
+    binds = []
+    for spec in opts.get("volume", []):
+        parts = spec.split(":")
+        if len(parts) < 2 or not parts[0].startswith("/") or not parts[1].startswith("/"):
+            raise InvalidArgument(f"invalid volume {spec!r}: expected /host/path:/container/path[:ro] "
+                                  "(named volumes come with the volumes work)")
+        binds.append({"source": parts[0], "destination": parts[1], "readonly": "ro" in parts[2:]})
+    for spec in opts.get("mount", []):
+        fields = dict(f.partition("=")[::2] for f in spec.split(","))
+        kind = fields.get("type", "volume")
+        target = fields.get("target") or fields.get("destination") or fields.get("dst")
+        if not target:
+            raise InvalidArgument(f"invalid --mount {spec!r}: target is required")
+        if kind == "bind":
+            binds.append({"source": fields.get("source") or fields.get("src", ""), "destination": target,
+                          "readonly": "readonly" in fields or fields.get("ro") == "true"})
+        elif kind == "tmpfs":
+            out.setdefault("tmpfs", []).append(target)
+        else:
+            raise InvalidArgument(f"invalid --mount {spec!r}: type {kind!r} is not supported yet")
+    if binds:
+        out["binds"] = binds
+    if opts.get("log_opt"):
+        out["log_opts"] = dict(item.partition("=")[::2] for item in opts["log_opt"])
+    if opts.get("health_cmd"):
+        out["health"] = {
+            "test": ["/bin/sh", "-c", opts["health_cmd"]],
+            "interval": _duration(opts.get("health_interval", "30s"), "--health-interval"),
+            "timeout": _duration(opts.get("health_timeout", "30s"), "--health-timeout"),
+            "retries": int(opts.get("health_retries", 3)),
+            "start_period": _duration(opts.get("health_start_period", "0s"), "--health-start-period"),
+        }
+    if opts.get("network") not in (None, "none", "host"):
+        raise InvalidArgument(f"invalid --network {opts['network']!r}: none and host work so far")
+    return out
+
+
+class Cli:
+    def __init__(self, gopts: dict[str, Any]) -> None:
+        self.gopts = gopts
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            from berth.engine.engine import Engine
+
+            self._engine = Engine(self.gopts.get("root"), self.gopts.get("runroot"), self.gopts.get("runtime"))
+        return self._engine
+
+    def out(self, text: str) -> None:
+        sys.stdout.write(text)
+
+    # ------------------------------------------------------------------ containers
+
+    def cmd_run(self, argv: list[str], create_only: bool = False) -> int:
+        name = "create" if create_only else "run"
+        opts, rest = parse(argv, RUN_FLAGS, name, positionals_end_flags=1)
+        if opts.get("help"):
+            self.out(f"Usage: berth {name} [OPTIONS] IMAGE [COMMAND] [ARG...]\n")
+            return 0
+        if not rest:
+            raise InvalidArgument(f'"berth {name}" requires at least 1 argument: the image')
+        image, command = rest[0], rest[1:] or None
+        kwargs = run_options(opts)
+        common = {"name": opts.get("name"), "pull": opts.get("pull", "missing"), "platform": opts.get("platform")}
+        if create_only:
+            c = self.engine.create(image, command, **common, **kwargs)
+            self.out(c.id + "\n")
+            return 0
+        if opts.get("detach"):
+            if opts.get("rm"):
+                kwargs["restart"] = kwargs.get("restart", "no")
+            c = self.engine.run(image, command, **common, **kwargs)
+            self.out(c.id + "\n")
+            return 0
+        if opts.get("rm") or opts.get("interactive") or opts.get("tty"):
+            return self.engine.run_attached(image, command, remove=bool(opts.get("rm")), **common, **kwargs)
+        c = self.engine.run(image, command, **common, **kwargs)
+        return self._follow_until_exit(c)
+
+    def _follow_until_exit(self, c: Container) -> int:
+        for entry in self.engine.logs(c.id, follow=True):
+            stream = sys.stdout if entry["stream"] == "stdout" else sys.stderr
+            stream.write(entry["log"])
+            stream.flush()
+        return self.engine.wait(c.id)
+
+    def cmd_create(self, argv: list[str]) -> int:
+        return self.cmd_run(argv, create_only=True)
+
+    def cmd_start(self, argv: list[str]) -> int:
+        opts, rest = parse(argv, [Flag("attach,a", "attach"), Flag("interactive,i", "interactive")], "start")
+        if not rest:
+            raise InvalidArgument('"berth start" requires at least 1 argument')
+        for ref in rest:
+            c = self.engine.start(ref)
+            if opts.get("attach"):
+                return self._follow_until_exit(c)
+            self.out(ref + "\n")
+        return 0
+
+    def cmd_stop(self, argv: list[str]) -> int:
+        opts, rest = parse(argv, [Flag("time,t", "time", True)], "stop")
+        if not rest:
+            raise InvalidArgument('"berth stop" requires at least 1 argument')
+        timeout = float(opts["time"]) if "time" in opts else None
+        return self._each(rest, lambda ref: self.engine.stop(ref, timeout))
+
+    def cmd_kill(self, argv: list[str]) -> int:
+        opts, rest = parse(argv, [Flag("signal,s", "signal", True)], "kill")
+        if not rest:
+            raise InvalidArgument('"berth kill" requires at least 1 argument')
+        return self._each(rest, lambda ref: self.engine.kill(ref, opts.get("signal", "KILL")))
+
+    def cmd_rm(self, argv: list[str]) -> int:
+        opts, rest = parse(argv, [Flag("force,f", "force"), Flag("volumes,v", "volumes")], "rm")
+        if not rest:
+            raise InvalidArgument('"berth rm" requires at least 1 argument')
+        return self._each(rest, lambda ref: self.engine.remove(ref, bool(opts.get("force"))))
+
+    def _each(self, refs: list[str], action: Any) -> int:
+        """Docker's multi-container commands: act on each, report each failure, exit 1 if any."""
+        failed = False
+        for ref in refs:
+            try:
+                action(ref)
+                self.out(ref + "\n")
+            except BerthError as e:
+                sys.stderr.write(f"Error: {e}\n")
+                failed = True
+        return 1 if failed else 0
+
+    def cmd_ps(self, argv: list[str]) -> int:
+        from berth.cli import format as fmt
+
+        opts, _ = parse(argv, [Flag("all,a", "all"), Flag("quiet,q", "quiet"), Flag("format", "format", True),
+                               Flag("no-trunc", "no_trunc")], "ps")
+        cs = self.engine.containers(all=bool(opts.get("all")))
+        if opts.get("quiet"):
+            self.out("".join((c.id if opts.get("no_trunc") else c.id[:12]) + "\n" for c in cs))
+            return 0
+        rows = [_ps_row(c) for c in cs]
+        template = opts.get("format")
+        if template == "json":
+            import json
+
+            self.out("".join(json.dumps(r) + "\n" for r in rows))
+        elif template:
+            self.out("".join(fmt.render(template, r) + "\n" for r in rows))
+        else:
+            header = ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"]
+            self.out(fmt.table([[r["ID"], r["Image"], r["Command"], r["RunningFor"], r["Status"], "", r["Names"]]
+                                for r in rows], header))
+        return 0
+
+    def cmd_logs(self, argv: list[str]) -> int:
+        opts, rest = parse(argv, [Flag("follow,f", "follow"), Flag("timestamps,t", "timestamps"),
+                                  Flag("tail,n", "tail", True), Flag("since", "since", True)], "logs")
+        if len(rest) != 1:
+            raise InvalidArgument('"berth logs" requires exactly 1 argument')
+        entries = self.engine.logs(rest[0], follow=bool(opts.get("follow")))
+        tail = opts.get("tail", "all")
+        if tail != "all" and not opts.get("follow"):
+            try:
+                n = int(tail)
+            except ValueError:
+                raise InvalidArgument(f"invalid --tail {tail!r}") from None
+            entries = iter(list(entries)[-n:] if n else [])
+        for e in entries:
+            stream = sys.stdout if e["stream"] == "stdout" else sys.stderr
+            stream.write((e["time"] + " " if opts.get("timestamps") else "") + e["log"])
+            stream.flush()
+        return 0
+
+    def cmd_wait(self, argv: list[str]) -> int:
+        _, rest = parse(argv, [], "wait")
+        if not rest:
+            raise InvalidArgument('"berth wait" requires at least 1 argument')
+        code = 0
+        for ref in rest:
+            code = self.engine.wait(ref)
+            self.out(f"{code}\n")
+        return 0
+
+    def cmd_inspect(self, argv: list[str]) -> int:
+        import json
+
+        from berth.cli import format as fmt
+
+        opts, rest = parse(argv, [Flag("format,f", "format", True), Flag("type", "type", True)], "inspect")
+        if not rest:
+            raise InvalidArgument('"berth inspect" requires at least 1 argument')
+        found = []
+        for ref in rest:
+            try:
+                found.append(self.engine.inspect(ref))
+            except BerthError:
+                found.append(self.engine.image_store.inspect(ref))
+        if opts.get("format"):
+            self.out("".join(fmt.render(opts["format"], obj) + "\n" for obj in found))
+        else:
+            self.out(json.dumps(found, indent=4) + "\n")
+        return 0
+
+    # ------------------------------------------------------------------ images
+
+    def cmd_images(self, argv: list[str]) -> int:
+        from berth.cli import format as fmt
+
+        opts, _ = parse(argv, [Flag("quiet,q", "quiet"), Flag("all,a", "all"), Flag("format", "format", True)],
+                        "images")
+        rows = []
+        store = self.engine.image_store
+        for img in self.engine.images():
+            names = [str(r) for r in img.references()] or ["<none>:<none>"]
+            for n in names:
+                repo, _, tag = n.rpartition(":") if ":" in n.rsplit("/", 1)[-1] else (n, "", "<none>")
+                rows.append({"ID": img.short_id, "Repository": repo, "Tag": tag,
+                             "Size": fmt.size(store.size(img))})
+        if opts.get("quiet"):
+            self.out("".join(dict.fromkeys(r["ID"] + "\n" for r in rows)))
+        elif opts.get("format") == "json":
+            import json
+
+            self.out("".join(json.dumps(r) + "\n" for r in rows))
+        elif opts.get("format"):
+            self.out("".join(fmt.render(opts["format"], r) + "\n" for r in rows))
+        else:
+            self.out(fmt.table([[r["Repository"], r["Tag"], r["ID"], r["Size"]] for r in rows],
+                               ["REPOSITORY", "TAG", "IMAGE ID", "SIZE"]))
+        return 0
+
+    def cmd_pull(self, argv: list[str]) -> int:
+        opts, rest = parse(argv, [Flag("platform", "platform", True), Flag("quiet,q", "quiet")], "pull")
+        if len(rest) != 1:
+            raise InvalidArgument('"berth pull" requires exactly 1 argument')
+        img = self.engine.pull(rest[0], opts.get("platform"))
+        self.out(f"{img.id}\n")
+        return 0
+
+    def cmd_import(self, argv: list[str]) -> int:
+        _, rest = parse(argv, [], "import")
+        if not 1 <= len(rest) <= 2:
+            raise InvalidArgument('"berth import" requires a file and optionally a reference')
+        img = self.engine.import_image(rest[0], rest[1] if len(rest) == 2 else None)
+        self.out(f"{img.id}\n")
+        return 0
+
+    def cmd_rmi(self, argv: list[str]) -> int:
+        opts, rest = parse(argv, [Flag("force,f", "force")], "rmi")
+        if not rest:
+            raise InvalidArgument('"berth rmi" requires at least 1 argument')
+        return self._each(rest, lambda ref: self.engine.image_store.remove(ref, force=bool(opts.get("force"))))
+
+    def cmd_tag(self, argv: list[str]) -> int:
+        _, rest = parse(argv, [], "tag")
+        if len(rest) != 2:
+            raise InvalidArgument('"berth tag" requires exactly 2 arguments: SOURCE TARGET')
+        self.engine.image_store.tag(rest[0], rest[1])
+        return 0
+
+    def cmd_version(self, argv: list[str]) -> int:
+        from berth import __version__
+
+        self.out(f"berth version {__version__}\n")
+        return 0
+
+
+def _ps_row(c: Container) -> dict[str, Any]:
+    from berth.cli import format as fmt
+
+    command = " ".join(c.config.get("command") or [])
+    if c.status == "running":
+        status = "Up " + fmt.ago(c.started_at).removesuffix(" ago")
+    elif c.status == "exited":
+        status = f"Exited ({c.exit_code}) {fmt.ago(c.finished_at)}" if c.finished_at else f"Exited ({c.exit_code})"
+    else:
+        status = c.status.capitalize()
+    return {"ID": c.id[:12], "Image": c.image, "Command": f'"{command[:20]}"', "CreatedAt": c.created,
+            "RunningFor": fmt.ago(c.created), "Status": status, "State": c.status, "Names": c.name,
+            "Labels": c.config.get("labels") or {}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        gopts, rest = parse(argv, GLOBAL, "", positionals_end_flags=1)
+        if gopts.get("version"):
+            return Cli(gopts).cmd_version([])
+        if not rest or gopts.get("help"):
+            sys.stdout.write(USAGE)
+            return 0 if gopts.get("help") else 125
+        command, args = rest[0], rest[1:]
+        cli = Cli(gopts)
+        handler = getattr(cli, "cmd_" + command.replace("-", "_"), None)
+        if handler is None:
+            raise InvalidArgument(f"unknown command: {command!r}\nSee 'berth --help'.")
+        try:
+            return int(handler(args))
+        finally:
+            if cli._engine is not None:
+                cli._engine.close()
+    except BerthError as e:
+        sys.stderr.write(f"Error: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except OSError as e:
+        sys.stderr.write(f"Error: {e.strerror or e}{': ' + str(e.filename) if e.filename else ''}\n")
+        return 125
+
+
+if __name__ == "__main__":
+    os._exit(main())
