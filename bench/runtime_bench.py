@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -39,17 +40,18 @@ def make_bundle(base: Path) -> Path:
     return bundle
 
 
-def commands(base: Path, bundle: Path) -> dict[str, object]:
-    """name → callable(i) returning the argv of iteration i (None when the tool is missing)."""
-    out: dict[str, object] = {}
-    rt = str(VENV_BIN / "berth-runtime")
-    out["berth-runtime"] = lambda i: [rt, "--root", str(base / "berth-state"), "run", "--bundle", str(bundle),
-                                      f"b{i}"]
+def commands(base: Path, bundle: Path) -> dict[str, Callable[[int], list[str]]]:
+    """name → a function giving the argv of iteration i; peers that are not installed are left out."""
+    runtimes = {"berth-runtime": str(VENV_BIN / "berth-runtime")}
     for name in ("runc", "crun"):
         exe = shutil.which(name)
         if exe:
-            out[name] = (lambda exe, name: lambda i: [exe, "--root", str(base / f"{name}-state"), "run",
-                                                      "--bundle", str(bundle), f"{name[0]}{i}"])(exe, name)
+            runtimes[name] = exe
+
+    def runtime_run(name: str, exe: str) -> Callable[[int], list[str]]:
+        return lambda i: [exe, "--root", str(base / f"{name}-state"), "run", "--bundle", str(bundle), f"c{i}"]
+
+    out = {name: runtime_run(name, exe) for name, exe in runtimes.items()}
     out["unshare+chroot (floor)"] = lambda i: ["unshare", "-mpfiun", "chroot", str(bundle / "rootfs"), "/bin/true"]
     out["python -I -S (floor)"] = lambda i: [sys.executable, "-I", "-S", "-c", "pass"]
     return out
@@ -75,7 +77,7 @@ def main() -> int:
             for name, argv_of in cmds.items():
                 if name in failed:
                     continue
-                argv = argv_of(i + 2)  # type: ignore[operator]
+                argv = argv_of(i + 2)
                 start = time.perf_counter()
                 res = subprocess.run(argv, capture_output=True, env=env, cwd=bundle)
                 elapsed = time.perf_counter() - start
