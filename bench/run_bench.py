@@ -1,0 +1,98 @@
+"""``berth run --rm IMAGE true`` vs ``podman run --rm --network none IMAGE true``, same image from
+local storage, interleaved in one run; plus the monitor's memory next to conmon's (PSS).
+
+Run as root: ``.venv/bin/python bench/run_bench.py [-n 20]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+VENV_BIN = Path(sys.executable).parent
+IMAGE = "localhost/bench-busybox:latest"
+
+
+def busybox_tar(dest: Path) -> Path:
+    rootfs = dest / "rootfs"
+    for d in ("bin", "proc", "sys", "dev", "etc", "tmp"):
+        (rootfs / d).mkdir(parents=True)
+    shutil.copy2("/bin/busybox", rootfs / "bin/busybox")
+    for applet in ("sh", "true", "sleep"):
+        (rootfs / "bin" / applet).symlink_to("busybox")
+    (rootfs / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    tar = dest / "rootfs.tar"
+    with tarfile.open(tar, "w") as tf:
+        tf.add(rootfs, arcname=".")
+    return tar
+
+
+def pss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("-n", type=int, default=20)
+    args = parser.parse_args()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    with tempfile.TemporaryDirectory(prefix="berth-run-bench-") as tmp:
+        base = Path(tmp)
+        tar = busybox_tar(base)
+        berth = [str(VENV_BIN / "berth"), "--root", str(base / "berth"), "--runroot", f"/run/{base.name}"]
+        subprocess.run([*berth, "import", str(tar), IMAGE], check=True, capture_output=True, env=env)
+        cmds = {"berth": [*berth, "run", "--rm", IMAGE, "true"]}
+        podman_exe = shutil.which("podman")
+        if podman_exe:
+            conf = base / "containers.conf"
+            conf.write_text('[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\n'
+                            '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\nruntime = "runc"\n')
+            env["CONTAINERS_CONF"] = str(conf)
+            podman = [podman_exe, "--root", str(base / "podman"), "--runroot", str(base / "podman-run"),
+                      "--storage-driver", "overlay"]
+            subprocess.run([*podman, "import", str(tar), IMAGE], check=True, capture_output=True, env=env)
+            cmds["podman"] = [*podman, "run", "--rm", "--network", "none", IMAGE, "true"]
+        times: dict[str, list[float]] = {k: [] for k in cmds}
+        for i in range(-2, args.n):
+            for name, argv in cmds.items():
+                start = time.perf_counter()
+                subprocess.run(argv, check=True, capture_output=True, env=env)
+                if i >= 0:
+                    times[name].append(time.perf_counter() - start)
+        print(f"run --rm of true, {args.n} runs each, interleaved")
+        ref = statistics.median(times["podman"]) if "podman" in times else None
+        for name, ts in times.items():
+            med = statistics.median(ts)
+            ratio = f"{med / ref:.2f}x" if ref else "-"
+            print(f"  {name:8} median {med * 1000:7.1f} ms   min {min(ts) * 1000:7.1f} ms   vs podman {ratio}")
+        # Memory: one detached sleeper each; the monitor's PSS vs conmon's.
+        cid = subprocess.run([*berth, "run", "-d", IMAGE, "sleep", "60"], check=True, capture_output=True,
+                             text=True, env=env).stdout.strip()
+        monitor_pid = int(Path(f"/run/{base.name}/containers/{cid}/monitor.pid").read_text())
+        time.sleep(0.5)
+        print(f"  berth-monitor PSS {pss_kib(monitor_pid)} KiB")
+        subprocess.run([*berth, "rm", "-f", cid], check=True, capture_output=True, env=env)
+        if podman_exe:
+            pcid = subprocess.run([*podman, "run", "-d", "--network", "none", IMAGE, "sleep", "60"], check=True,
+                                  capture_output=True, text=True, env=env).stdout.strip()
+            time.sleep(0.5)
+            conmon = subprocess.run(["pgrep", "-f", f"conmon.*{pcid[:12]}"], capture_output=True, text=True)
+            for pid in conmon.stdout.split():
+                print(f"  conmon PSS {pss_kib(int(pid))} KiB")
+            subprocess.run([*podman, "rm", "-f", "-t", "0", pcid], capture_output=True, env=env)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
