@@ -319,35 +319,30 @@ class Engine:
                 self.remove(c.id, force=True)
 
     def _attached(self, c: Container) -> int:
-        import subprocess
-
+        """Create and start with the caller's stdio; berth's own runtime is driven in-process (no
+        runtime processes to start), any other through its command line."""
         from berth.kernel.syscalls import PR_SET_CHILD_SUBREAPER, prctl
 
-        runtime = self.runtime_argv(c.config["runtime"])
-        pid_file = os.path.join(c.state_dir, "pid")
-        # The runtime's errors go to a log file: its stderr is the container's, held open by the
-        # container's init long after create returns.
-        log = os.path.join(c.state_dir, "runtime.log")
-        argv = [*runtime, "--log", log, "--log-format", "json", "create", "--bundle", self._bundle_dir(c.id),
-                "--pid-file", pid_file]
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
         receiver = None
         if c.config.get("tty"):
             from berth.runtime.console import Receiver
 
             receiver = Receiver()
-            argv += ["--console-socket", receiver.path]
-        prctl(PR_SET_CHILD_SUBREAPER, 1)
-        stdin = None if c.config.get("interactive") or c.config.get("tty") else subprocess.DEVNULL
-        res = subprocess.run([*argv, c.id], stdin=stdin)
-        if res.returncode != 0:
+        try:
+            pid = self._create_attached(c, receiver.path if receiver is not None else None)
+        except BaseException:
             if receiver is not None:
                 receiver.close()
-            _raise_runtime_error(_log_errors(log) or [f"runtime create failed ({res.returncode})"])
+            raise
         master = receiver.master() if receiver is not None else None
-        with open(pid_file) as f:
-            pid = int(f.read())
         self.db.update_state(c.id, status="running", pid=pid, started_at=time.time(), exit_code=0, error="")
-        self._runtime(c, "start", c.id)
+        if c.config["runtime"] == "berth":
+            from berth.runtime import lifecycle
+
+            lifecycle.start(self.runtime_argv("berth")[2], c.id)
+        else:
+            self._runtime(c, "start", c.id)
         from berth.runtime.lifecycle import wait_exit
 
         if master is not None:
@@ -366,13 +361,57 @@ class Engine:
             oom = open_cgroup(f"/berth/{c.id}", c.id).oom_kill_count() > 0
         except Exception:
             pass
-        try:
-            self._runtime(c, "delete", "--force", c.id)
-        except BerthError:
-            pass
+        self._delete_runtime_container(c)
         self.db.update_state(c.id, status="exited", pid=0, exit_code=code, finished_at=time.time(),
                              oom_killed=int(oom))
         return code
+
+    def _create_attached(self, c: Container, console_socket: str | None) -> int:
+        pid_file = os.path.join(c.state_dir, "pid")
+        if c.config["runtime"] == "berth":
+            from berth.runtime import lifecycle
+
+            interactive = c.config.get("interactive") or c.config.get("tty")
+            saved = None
+            if not interactive:  # the container gets /dev/null as stdin, as with Docker without -i
+                saved = os.dup(0)
+                null = os.open("/dev/null", os.O_RDONLY)
+                os.dup2(null, 0)
+                os.close(null)
+            try:
+                record = lifecycle.create(self.runtime_argv("berth")[2], c.id, self._bundle_dir(c.id),
+                                          pid_file=pid_file, console_socket=console_socket, subreaper=True)
+            finally:
+                if saved is not None:
+                    os.dup2(saved, 0)
+                    os.close(saved)
+            return record.pid
+        import subprocess
+
+        # The runtime's errors go to a log file: its stderr is the container's, held open by the
+        # container's init long after create returns.
+        log = os.path.join(c.state_dir, "runtime.log")
+        argv = [*self.runtime_argv(c.config["runtime"]), "--log", log, "--log-format", "json", "create",
+                "--bundle", self._bundle_dir(c.id), "--pid-file", pid_file]
+        if console_socket:
+            argv += ["--console-socket", console_socket]
+        stdin = None if c.config.get("interactive") or c.config.get("tty") else subprocess.DEVNULL
+        res = subprocess.run([*argv, c.id], stdin=stdin)
+        if res.returncode != 0:
+            _raise_runtime_error(_log_errors(log) or [f"runtime create failed ({res.returncode})"])
+        with open(pid_file) as f:
+            return int(f.read())
+
+    def _delete_runtime_container(self, c: Container) -> None:
+        try:
+            if c.config["runtime"] == "berth":
+                from berth.runtime import lifecycle
+
+                lifecycle.delete(self.runtime_argv("berth")[2], c.id, force=True)
+            else:
+                self._runtime(c, "delete", "--force", c.id)
+        except (BerthError, OSError):
+            pass
 
     def wait(self, ref: str, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -442,10 +481,7 @@ class Engine:
                 self.wait(c.id, 10)
             except Conflict:
                 pass
-        try:
-            self._runtime(c, "delete", "--force", c.id)
-        except BerthError:
-            pass
+        self._delete_runtime_container(c)
         self._cleanup(c.id)
 
     def _cleanup(self, cid: str) -> None:

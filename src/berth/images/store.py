@@ -29,7 +29,6 @@ import re
 import sqlite3
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -494,7 +493,7 @@ class ImageStore:
             if self.snapshots.exists(key):
                 parent = key
                 continue
-            active = f"{EXTRACT_PREFIX}{uuid.uuid4().hex}-{chain.encoded}"
+            active = f"{EXTRACT_PREFIX}{os.urandom(16).hex()}-{chain.encoded}"  # not uuid: it imports platform
             mounts = self.snapshots.prepare(active, parent, labels={"berth.layer": str(desc.digest)})
             try:
                 with self.content.open(desc.digest) as blob:
