@@ -15,6 +15,7 @@ import time
 
 from berth.errors import AlreadyExists, NotFound
 from berth.oci import jsonc
+from berth.sqlitedb import write
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -61,31 +62,24 @@ class Database:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
         if version >= len(MIGRATIONS):
             return
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        with write(self.conn) as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
             for sql in MIGRATIONS[version:]:
                 for statement in sql.split(";"):
                     if statement.strip():
-                        self.conn.execute(statement)
-            self.conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
+                        db.execute(statement)
+            db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
 
     def close(self) -> None:
         self.conn.close()
 
     def add_container(self, cid: str, name: str, image: str, image_id: str, config: dict[str, Any]) -> None:
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.execute("INSERT INTO containers VALUES (?, ?, ?, ?, ?, ?)",
-                              (cid, name, image, image_id, time.time(), jsonc.dumps(config)))
-            self.conn.execute("INSERT INTO container_state (id, status) VALUES (?, 'created')", (cid,))
-            self.conn.execute("COMMIT")
+            with write(self.conn) as db:
+                db.execute("INSERT INTO containers VALUES (?, ?, ?, ?, ?, ?)",
+                           (cid, name, image, image_id, time.time(), jsonc.dumps(config)))
+                db.execute("INSERT INTO container_state (id, status) VALUES (?, 'created')", (cid,))
         except sqlite3.IntegrityError:
-            self.conn.execute("ROLLBACK")
             raise AlreadyExists(f'the container name "{name}" is already in use') from None
 
     def update_state(self, cid: str, **fields: Any) -> None:

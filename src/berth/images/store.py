@@ -48,6 +48,7 @@ from berth.oci.image import (
 )
 from berth.oci.reference import Reference
 from berth.snapshots import Mount, Snapshotter, open_snapshotter
+from berth.sqlitedb import write
 
 SCHEMA_VERSION = 1
 _SCHEMA = [
@@ -589,14 +590,8 @@ class ImageStore:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, write(self._db) as db:
+            yield db
 
     def _migrate(self) -> None:
         with self._write() as db:

@@ -137,16 +137,7 @@ class Monitor:
             else:
                 time.sleep(timeout)
                 ready = []
-            for fd in ready:
-                try:
-                    data = os.read(fd, 65536)
-                except OSError:  # a pty master reads EIO once the last slave closes
-                    data = b""
-                if data:
-                    self.log.feed(self.streams[fd], data)
-                else:
-                    os.close(fd)
-                    del self.streams[fd]
+            self._pump(ready)
             if status is None:
                 status = self._reap(pid)
                 if status is not None and self.streams:
@@ -156,22 +147,25 @@ class Monitor:
         self.log.flush()
         return status if status is not None else 0
 
+    def _pump(self, ready: list[int]) -> None:
+        """Move what the ready streams hold into the log; forget a stream at its end."""
+        for fd in ready:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:  # a pty master reads EIO once the last slave closes
+                data = b""
+            if data:
+                self.log.feed(self.streams[fd], data)
+            else:
+                os.close(fd)
+                del self.streams[fd]
+
     def _close_after_grace(self) -> None:
         """Processes outside the container's pid namespace may keep a pipe open; read what is
         there for a moment, then stop listening."""
         deadline = time.monotonic() + 0.5
         while self.streams and time.monotonic() < deadline:
-            ready = select.select(list(self.streams), [], [], max(0.0, deadline - time.monotonic()))[0]
-            for fd in ready:
-                try:
-                    data = os.read(fd, 65536)
-                except OSError:
-                    data = b""
-                if data:
-                    self.log.feed(self.streams[fd], data)
-                else:
-                    os.close(fd)
-                    del self.streams[fd]
+            self._pump(select.select(list(self.streams), [], [], max(0.0, deadline - time.monotonic()))[0])
         for fd in list(self.streams):
             os.close(fd)
         self.streams.clear()

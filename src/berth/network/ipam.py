@@ -29,14 +29,14 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from berth.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, PermissionDenied, Unsupported
 from berth.network.ports import PortCheck, PortMapping, PortSpec, bindable, resolve
+from berth.sqlitedb import write
 
 SCHEMA_COMPONENT = "network"
 SCHEMA_VERSION = 1
@@ -159,18 +159,6 @@ def open_db(path: str | os.PathLike[str]) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
-
-
-@contextmanager
-def write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One write transaction that holds SQLite's write lock from its first statement."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from berth.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
+from berth.sqlitedb import write
 
 ACTIVE = "active"
 VIEW = "view"
@@ -312,14 +313,8 @@ class Snapshotter:
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction, exclusive between threads and processes."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, write(self._db) as db:
+            yield db
 
     def _remove_dir(self, snapshot_id: int) -> None:
         _rmtree(self.root / str(snapshot_id))
