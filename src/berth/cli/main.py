@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import sys
 
+from berth.cli.container_cmds import ContainerCommands
 from berth.cli.flags import Flag, parse
+from berth.cli.image_cmds import ImageCommands
 from berth.errors import BerthError, InvalidArgument
 
 TYPE_CHECKING = False
@@ -129,7 +131,7 @@ def run_options(opts: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class Cli:
+class Cli(ImageCommands, ContainerCommands):
     def __init__(self, gopts: dict[str, Any]) -> None:
         self.gopts = gopts
         self._engine: Engine | None = None
