@@ -37,7 +37,6 @@ class Launch:
         self.preserve_fds = preserve_fds
         self.cgroup_paths = cgroup_paths or {}
         self.session_keyring = ""  # name of a new session keyring, "" with --no-new-keyring
-        self.cgroup: Any = None  # the container's cgroup, entered by the child itself
         self.console_fd: int | None = None
         # The exec fifo, opened (O_PATH) by the parent: the child may no longer be able to reach the
         # state directory by path (a user namespace's root cannot search a 0700 --root).
@@ -58,8 +57,14 @@ def child_main(launch: Launch, chan: Channel) -> None:
         keep = {chan.read_fd, chan.write_fd, *(fd for fd, _ in launch.join)}
         keep.update(fd for fd in (launch.console_fd, launch.userns_fd, launch.fifo_fd) if fd is not None)
         proc.close_fds(launch.preserve_fds, keep)
-        launch.cgroup.enter()
-        chan.expect("G")
+        # What needs no namespace and no cgroup is done while the parent makes the cgroup.
+        proc.preload(launch.spec)
+        import berth.runtime.rootfs  # noqa: F401
+        from berth.kernel.cgroups import enter_files
+
+        go = chan.expect("G")
+        enter_files(go["enter"])
+        launch.cgroup_paths = go["paths"]
         if launch.userns == "new":
             sc.unshare(sc.CLONE_NEWUSER)
             chan.send("M")
@@ -127,7 +132,6 @@ def _init(launch: Launch, chan: Channel) -> None:
     rb.readonly_paths(linux.get("readonlyPaths", []))
     slave = _console(launch, rb.root_fd, process) if process.get("terminal") else None
     proc.apply_limits(process, linux)
-    proc.preload(spec)
     fifo_fd = launch.fifo_fd if launch.fifo_fd is not None else os.open(launch.fifo, os.O_PATH | os.O_CLOEXEC)
     from berth.runtime import trampoline
 

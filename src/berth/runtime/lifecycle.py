@@ -107,27 +107,15 @@ def create(root: str, cid: str, bundle: str, *, pid_file: str | None = None,
     except FileExistsError:
         raise AlreadyExists(f"container with id {cid} already exists") from None
     sd.lock()
-    cgroup = None
+    made: list[Any] = []  # the cgroup, once _spawn has made it
     pid = 0
     try:
-        from berth.kernel.cgroups import open_cgroup
-
-        target = open_cgroup(spec.get("linux", {}).get("cgroupsPath") or None, cid)
-        busy = target.pids()
-        if busy:
-            # Another container's (or a parent of them): changing its limits, or killing and
-            # removing it when this create fails, would hurt what is already running there.
-            raise Conflict(f"linux.cgroupsPath: cgroup {target.path} is not empty "
-                           f"({len(busy)} process{'es' if len(busy) > 1 else ''} in it)")
-        cgroup = target
-        cgroup.create()
-        cgroup.apply(_resources(spec))
         os.mkfifo(sd.fifo, 0o622)
         os.chmod(sd.fifo, 0o622)  # past the umask: a non-root container user opens it for writing
         record = Record(id=cid, pid=0, pid_start=0, bundle=bundle, rootfs=rootfs, created=now_rfc3339(),
                         owner="" if os.geteuid() == 0 else str(os.geteuid()), config=spec,
-                        cgroup_paths=cgroup.paths, annotations=spec.get("annotations", {}))
-        pid = _spawn(sd, record, spec, cgroup, console_socket, no_pivot, listen_fds + preserve_fds, subreaper,
+                        cgroup_paths={}, annotations=spec.get("annotations", {}))
+        pid = _spawn(sd, record, spec, made, console_socket, no_pivot, listen_fds + preserve_fds, subreaper,
                      "" if no_new_keyring else f"_ses.{cid}", listen_fds=listen_fds)
         record.pid = pid
         record.pid_start = proc_start_time(pid) or 0
@@ -138,7 +126,7 @@ def create(root: str, cid: str, bundle: str, *, pid_file: str | None = None,
     except BaseException:
         if pid:
             _kill_and_wait(pid)
-        if cgroup is not None:
+        for cgroup in made:
             try:
                 cgroup.kill_all(signal.SIGKILL)
                 cgroup.destroy()
@@ -228,12 +216,29 @@ def _open_ns(path: str, kind: str) -> int:
     return fd
 
 
-def _spawn(sd: StateDir, record: Record, spec: dict[str, Any], cgroup: Any, console_socket: str | None,
+def _make_cgroup(spec: dict[str, Any], cid: str, made: list[Any]) -> Any:
+    """The container's cgroup, created with its limits applied (appended to ``made`` once it exists,
+    so that a failure from then on removes it)."""
+    from berth.kernel.cgroups import open_cgroup
+
+    cgroup = open_cgroup(spec.get("linux", {}).get("cgroupsPath") or None, cid)
+    busy = cgroup.pids()
+    if busy:
+        # Another container's (or a parent of them): changing its limits, or killing and
+        # removing it when this create fails, would hurt what is already running there.
+        raise Conflict(f"linux.cgroupsPath: cgroup {cgroup.path} is not empty "
+                       f"({len(busy)} process{'es' if len(busy) > 1 else ''} in it)")
+    cgroup.create()
+    made.append(cgroup)
+    cgroup.apply(_resources(spec))
+    return cgroup
+
+
+def _spawn(sd: StateDir, record: Record, spec: dict[str, Any], made: list[Any], console_socket: str | None,
            no_pivot: bool, preserve_fds: int, subreaper: bool, session_keyring: str, listen_fds: int = 0) -> int:
     launch = Launch(spec=spec, rootfs=record.rootfs, bundle=record.bundle, fifo=sd.fifo, no_pivot=no_pivot,
-                    preserve_fds=preserve_fds, cgroup_paths=record.cgroup_paths)
+                    preserve_fds=preserve_fds)
     launch.listen_fds = listen_fds
-    launch.cgroup = cgroup
     launch.session_keyring = session_keyring
     join_pid_fd = _namespace_plan(spec, launch)
     new_pid_here = "pid" in launch.namespaces and not launch.namespaces["pid"] and not launch.userns
@@ -272,7 +277,10 @@ def _spawn(sd: StateDir, record: Record, spec: dict[str, Any], cgroup: Any, cons
     os.close(launch.fifo_fd)
     init_pid = pid
     try:
-        parent.send("G")
+        # The cgroup is made while the child prepares itself (imports, libraries): in parallel.
+        cgroup = _make_cgroup(spec, record.id, made)
+        record.cgroup_paths = cgroup.paths
+        parent.send("G", {"enter": cgroup.entry_files(), "paths": cgroup.paths})
         if launch.userns == "new":
             parent.expect("M")
             _write_id_maps(pid, spec.get("linux", {}))

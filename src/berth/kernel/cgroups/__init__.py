@@ -38,7 +38,7 @@ from __future__ import annotations
 import os
 
 from berth.errors import InvalidArgument, Unsupported
-from berth.kernel.cgroups._common import SIGKILL, Cgroup, validate_resources
+from berth.kernel.cgroups._common import SIGKILL, Cgroup, enter_files, validate_resources
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ __all__ = [
     "SIGKILL",
     "Cgroup",
     "Hierarchies",
+    "enter_files",
     "features",
     "hierarchies",
     "layout",

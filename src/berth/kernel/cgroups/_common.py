@@ -137,6 +137,13 @@ def write(path: str, value: str, field: str = "") -> None:
         os.close(fd)
 
 
+def enter_files(files: list[str]) -> None:
+    """Move the calling process into a cgroup by writing "0" to each of ``files``
+    (``Cgroup.entry_files()``, computed beforehand, possibly by another process)."""
+    for path in files:
+        write(path, "0", "the calling process")
+
+
 def write_lines(path: str, lines: list[str], field: str | list[str] = "") -> None:
     """Write each line with its own write(2) on one open file (devices.allow, io.max, ifpriomap);
     ``field`` names them all, or each when a list."""
@@ -686,6 +693,12 @@ class Cgroup:
         raise NotImplementedError
 
     def add(self, pid: int) -> None:
+        raise NotImplementedError
+
+    def entry_files(self) -> list[str]:
+        raise NotImplementedError
+
+    def enter(self) -> None:
         raise NotImplementedError
 
     def pids(self) -> list[int]:

@@ -40,6 +40,7 @@ from berth.kernel.cgroups._common import (
     cgroup_procs,
     device_line,
     empty_stats,
+    enter_files,
     hugepage_sizes,
     make_dirs,
     parse_id_list,
@@ -148,21 +149,25 @@ class V1Cgroup(Cgroup):
         if self.unified is not None:
             self.unified.add(pid)
 
-    def enter(self) -> None:
-        """Move the calling process, which must be single-threaded, into the cgroup.
+    def entry_files(self) -> list[str]:
+        """The files a single-threaded process writes "0" to, to move itself in (``enter_files``).
 
-        Each v1 hierarchy gets "0" in its ``tasks`` file: moving one thread skips the kernel's
-        global threadgroup lock, whose RCU synchronisation makes a whole-process move (the
-        ``cgroup.procs`` write ``add`` does) cost 5-25 ms. The cgroup2 half of a hybrid host has
-        no such fast path, so it is joined only when it is needed: no v1 freezer, resources that
-        only v2 holds, or other processes of the container already in it.
+        Each v1 hierarchy's ``tasks`` file: moving one thread skips the kernel's global threadgroup
+        lock, whose RCU synchronisation makes a whole-process move (the ``cgroup.procs`` write
+        ``add`` does) cost 5-25 ms. The cgroup2 half of a hybrid host has no such fast path, so it
+        is joined only when it is needed: no v1 freezer, resources that only v2 holds, or other
+        processes of the container already in it.
         """
-        for d in self._unique_dirs():
-            write(os.path.join(d, "tasks"), "0", "the container's init")
+        files = [os.path.join(d, "tasks") for d in self._unique_dirs()]
         if self.unified is not None and (
             "freezer" not in self.dirs or self._unified_used or self.unified.pids()
         ):
-            self.unified.enter()
+            files += self.unified.entry_files()
+        return files
+
+    def enter(self) -> None:
+        """Move the calling process, which must be single-threaded, into the cgroup."""
+        enter_files(self.entry_files())
 
     def pids(self) -> list[int]:
         """Every process in the cgroup or below it, in any hierarchy."""

@@ -37,6 +37,7 @@ from berth.kernel.cgroups._common import (
     blkio_weight_to_io_weight,
     cgroup_procs,
     empty_stats,
+    enter_files,
     hugepage_sizes,
     make_dirs,
     parse_id_list,
@@ -134,10 +135,13 @@ class V2Cgroup(Cgroup):
     def add(self, pid: int) -> None:
         write(self._file("cgroup.procs"), str(pid), f"pid {pid}")
 
+    def entry_files(self) -> list[str]:
+        """The file the calling process writes "0" to, to move itself in (cgroup v2 has no cheaper
+        single-thread move for a domain cgroup)."""
+        return [self._file("cgroup.procs")]
+
     def enter(self) -> None:
-        """Move the calling process into the cgroup (cgroup v2 has no cheaper single-thread move
-        for a domain cgroup)."""
-        write(self._file("cgroup.procs"), "0", "the container's init")
+        enter_files(self.entry_files())
 
     def pids(self) -> list[int]:
         return sorted(set(cgroup_procs(self.dir)))
