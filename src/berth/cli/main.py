@@ -32,7 +32,10 @@ Options:
 
 Commands:
   run, create, start, stop, kill, rm, ps, logs, wait, inspect   containers
-  images, pull, import, rmi, tag                               images
+  images, pull, push, import, rmi, tag, history, save, load    images
+  image ls|inspect|prune|rm|tag|pull|push|save|load|history
+  login, logout                                                registries
+  system df                                                    disk usage
   version
 """
 
@@ -325,14 +328,6 @@ class Cli(ImageCommands, ContainerCommands):
         else:
             self.out(fmt.table([[r["Repository"], r["Tag"], r["ID"], r["Size"]] for r in rows],
                                ["REPOSITORY", "TAG", "IMAGE ID", "SIZE"]))
-        return 0
-
-    def cmd_pull(self, argv: list[str]) -> int:
-        opts, rest = parse(argv, [Flag("platform", "platform", True), Flag("quiet,q", "quiet")], "pull")
-        if len(rest) != 1:
-            raise InvalidArgument('"berth pull" requires exactly 1 argument')
-        img = self.engine.pull(rest[0], opts.get("platform"))
-        self.out(f"{img.id}\n")
         return 0
 
     def cmd_import(self, argv: list[str]) -> int:
