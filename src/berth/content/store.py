@@ -35,7 +35,6 @@ import hashlib
 import json
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,7 +179,7 @@ class ContentStore:
         if self.exists(actual):
             return actual
         try:
-            w = self.writer(f"put-{actual}-{uuid.uuid4().hex}", actual, len(data))
+            w = self.writer(f"put-{actual}-{os.urandom(16).hex()}", actual, len(data))
         except AlreadyExists:
             return actual
         with w:

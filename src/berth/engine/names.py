@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import secrets
+import os
 
 _ADJECTIVES = (
     "brave", "calm", "clever", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lively", "merry", "nimble",
@@ -15,4 +15,6 @@ _NOUNS = (
 
 
 def random_name() -> str:
-    return f"{secrets.choice(_ADJECTIVES)}_{secrets.choice(_NOUNS)}_{secrets.token_hex(2)}"
+    # os.urandom rather than secrets, whose imports cost ~9 ms on `berth run`
+    a, b, c, d = os.urandom(4)
+    return f"{_ADJECTIVES[a % len(_ADJECTIVES)]}_{_NOUNS[b % len(_NOUNS)]}_{c:02x}{d:02x}"

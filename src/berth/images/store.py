@@ -485,8 +485,6 @@ class ImageStore:
         """Apply each layer of the image into a snapshot keyed by its chain ID, skipping those present;
         every layer's DiffID is checked against the config. Returns the top chain ID (None: no layers).
         """
-        from berth.images.layer import apply_to_mounts
-
         image = ref_or_id if isinstance(ref_or_id, Image) else self.get(ref_or_id)
         parent: str | None = None
         for desc, diff_id, chain in zip(image.layers, image.diff_ids, image.chain_ids, strict=True):
@@ -498,6 +496,8 @@ class ImageStore:
             mounts = self.snapshots.prepare(active, parent, labels={"berth.layer": str(desc.digest)})
             try:
                 with self.content.open(desc.digest) as blob:
+                    from berth.images.layer import apply_to_mounts  # only when a layer is missing
+
                     result = apply_to_mounts(blob, mounts)
                 if result.diff_id != diff_id:
                     raise InvalidArgument(

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import sqlite3
 import stat
 import threading
@@ -357,6 +356,8 @@ def _rmtree(path: Path) -> None:
         func(p)
 
     if os.path.lexists(path):
+        import shutil  # on removal only: it imports bz2 and lzma
+
         shutil.rmtree(path, onerror=onerror)
 
 

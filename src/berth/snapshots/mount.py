@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -86,6 +84,8 @@ def overlay_supported(root: str | os.PathLike[str]) -> bool:
     except OSError:
         return False
     Path(root).mkdir(parents=True, exist_ok=True)
+    import tempfile  # only for the one-time overlay probe
+
     tmp = tempfile.mkdtemp(prefix=".overlay-check-", dir=root)
     try:
         for d in ("l1", "l2", "u", "w", "m"):
@@ -99,5 +99,7 @@ def overlay_supported(root: str | os.PathLike[str]) -> bool:
             sc.umount2(f"{tmp}/m", sc.MNT_DETACH)
         return True
     finally:
+        import shutil
+
         shutil.rmtree(tmp, ignore_errors=True)
 
