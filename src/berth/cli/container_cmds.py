@@ -5,6 +5,250 @@ Each ``cmd_*`` method is found by ``main``'s dispatcher through the ``Cli`` clas
 
 from __future__ import annotations
 
+import sys
+
+from berth.cli.flags import Flag, parse
+from berth.errors import InvalidArgument, Unsupported
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from berth.engine.engine import Engine
+
+EXEC_FLAGS = [
+    Flag("interactive,i", "interactive"), Flag("tty,t", "tty"), Flag("detach,d", "detach"),
+    Flag("env,e", "env", True, True), Flag("env-file", "env_file", True, True), Flag("user,u", "user", True),
+    Flag("workdir,w", "workdir", True), Flag("privileged", "privileged"), Flag("detach-keys", "detach_keys", True),
+    Flag("help", "help"),
+]
+
+#: ``berth container SUBCOMMAND`` → the top-level command it is.
+CONTAINER_ALIASES = {"ls": "ps", "list": "ps", "remove": "rm"}
+
+
+def _human_binary(n: float) -> str:
+    """Docker's stats units: 1.5MiB, 7.7GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.4g}{unit}"
+        n /= 1024
+    return f"{n}TiB"
+
 
 class ContainerCommands:
     """Mixed into ``cli.main.Cli``: ``self.engine``, ``self.out`` and ``parse`` are available."""
+
+    if TYPE_CHECKING:
+        @property
+        def engine(self) -> Engine: ...
+        def out(self, text: str) -> None: ...
+        def _each(self, refs: list[str], action: Any) -> int: ...
+
+    def cmd_container(self, argv: list[str]) -> int:
+        if not argv or argv[0] in ("-h", "--help"):
+            self.out("Usage: berth container COMMAND\n\nCommands: ls, ps, run, create, start, stop, kill, rm, "
+                     "logs, wait, inspect, exec, top, stats, port, pause, unpause, rename, update, prune, "
+                     "diff, export, commit, cp\n")
+            return 0 if argv else 125
+        sub = CONTAINER_ALIASES.get(argv[0], argv[0])
+        handler = getattr(self, "cmd_" + sub.replace("-", "_"), None)
+        if handler is None or sub in ("container", "images", "pull", "import", "rmi", "tag", "version"):
+            raise InvalidArgument(f"unknown command: \"berth container {argv[0]}\"\nSee 'berth container --help'.")
+        return int(handler(argv[1:]))
+
+    def cmd_exec(self, argv: list[str]) -> int:
+        opts, rest = parse(argv, EXEC_FLAGS, "exec", positionals_end_flags=1)
+        if opts.get("help"):
+            self.out("Usage: berth exec [OPTIONS] CONTAINER COMMAND [ARG...]\n")
+            return 0
+        if len(rest) < 2:
+            raise InvalidArgument('"berth exec" requires at least 2 arguments: the container and the command')
+        if opts.get("privileged"):
+            raise Unsupported("exec --privileged is not supported yet")
+        env = list(opts.get("env", []))
+        for path in opts.get("env_file", []):
+            try:
+                with open(path) as f:
+                    env += [line.strip() for line in f if line.strip() and not line.startswith("#")]
+            except OSError as e:
+                raise InvalidArgument(f"--env-file {path}: {e.strerror}") from None
+        return self.engine.exec(rest[0], rest[1:], interactive=bool(opts.get("interactive")),
+                                tty=bool(opts.get("tty")), detach=bool(opts.get("detach")), env=env,
+                                user=opts.get("user"), workdir=opts.get("workdir"))
+
+    def cmd_top(self, argv: list[str]) -> int:
+        _, rest = parse(argv, [], "top", positionals_end_flags=1)
+        if not rest:
+            raise InvalidArgument('"berth top" requires at least 1 argument')
+        self.out(self.engine.top(rest[0], rest[1:] or None))
+        return 0
+
+    def cmd_stats(self, argv: list[str]) -> int:
+        import time
+
+        from berth.cli import format as fmt
+
+        opts, rest = parse(argv, [Flag("no-stream", "no_stream"), Flag("all,a", "all"),
+                                  Flag("format", "format", True), Flag("no-trunc", "no_trunc")], "stats")
+        refs = rest or ([c.id for c in self.engine.containers(all=True)] if opts.get("all") else None)
+        while True:
+            rows = []
+            for s in self.engine.stats(refs):
+                rows.append({
+                    "Container": s["id"][:12], "ID": s["id"] if opts.get("no_trunc") else s["id"][:12],
+                    "Name": s["name"], "CPUPerc": f"{s['cpu_percent']:.2f}%",
+                    "MemUsage": f"{_human_binary(s['mem_usage'])} / {_human_binary(s['mem_limit'])}",
+                    "MemPerc": f"{s['mem_percent']:.2f}%", "NetIO": "0B / 0B", "BlockIO": "0B / 0B",
+                    "PIDs": str(s["pids"]),
+                })
+            template = opts.get("format")
+            if template == "json":
+                import json
+
+                self.out("".join(json.dumps(r) + "\n" for r in rows))
+            elif template:
+                self.out("".join(fmt.render(template, r) + "\n" for r in rows))
+            else:
+                header = ["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "NET I/O", "BLOCK I/O",
+                          "PIDS"]
+                self.out(fmt.table([[r["ID"], r["Name"], r["CPUPerc"], r["MemUsage"], r["MemPerc"], r["NetIO"],
+                                     r["BlockIO"], r["PIDs"]] for r in rows], header))
+            if opts.get("no_stream"):
+                return 0
+            sys.stdout.flush()
+            time.sleep(0.5)
+
+    def cmd_pause(self, argv: list[str]) -> int:
+        _, rest = parse(argv, [], "pause")
+        if not rest:
+            raise InvalidArgument('"berth pause" requires at least 1 argument')
+        return self._each(rest, self.engine.pause)
+
+    def cmd_unpause(self, argv: list[str]) -> int:
+        _, rest = parse(argv, [], "unpause")
+        if not rest:
+            raise InvalidArgument('"berth unpause" requires at least 1 argument')
+        return self._each(rest, self.engine.unpause)
+
+    def cmd_rename(self, argv: list[str]) -> int:
+        _, rest = parse(argv, [], "rename")
+        if len(rest) != 2:
+            raise InvalidArgument('"berth rename" requires exactly 2 arguments: CONTAINER NEW_NAME')
+        self.engine.rename(rest[0], rest[1])
+        return 0
+
+    def cmd_update(self, argv: list[str]) -> int:
+        opts, rest = parse(argv, [Flag("memory,m", "memory", True), Flag("cpus", "cpus", True),
+                                  Flag("pids-limit", "pids_limit", True), Flag("cpu-shares,c", "cpu_shares", True)],
+                           "update")
+        if not rest:
+            raise InvalidArgument('"berth update" requires at least 1 argument')
+        limits = {k: opts[k] for k in ("memory", "cpus", "pids_limit", "cpu_shares") if k in opts}
+        if not limits:
+            raise InvalidArgument("you must provide one or more flags when using this command")
+        return self._each(rest, lambda ref: self.engine.update(ref, **limits))
+
+    def cmd_port(self, argv: list[str]) -> int:
+        _, rest = parse(argv, [], "port")
+        if not 1 <= len(rest) <= 2:
+            raise InvalidArgument('"berth port" requires 1 or 2 arguments: CONTAINER [PRIVATE_PORT[/PROTO]]')
+        c = self.engine.get(rest[0])
+        if len(rest) == 2:
+            raise InvalidArgument(f"no public port '{rest[1]}' published for {c.name}")
+        return 0  # published ports come with networking; until then there are none
+
+    def cmd_prune(self, argv: list[str]) -> int:
+        """``berth container prune``."""
+        from berth.cli import format as fmt
+
+        opts, rest = parse(argv, [Flag("force,f", "force"), Flag("filter", "filter", True, True)], "container prune")
+        if rest:
+            raise InvalidArgument('"berth container prune" accepts no arguments')
+        if opts.get("filter"):
+            raise InvalidArgument("container prune --filter is not supported yet")
+        if not opts.get("force"):
+            sys.stdout.write("WARNING! This will remove all stopped containers.\n"
+                             "Are you sure you want to continue? [y/N] ")
+            sys.stdout.flush()
+            if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+                return 0
+        ids, reclaimed = self.engine.prune()
+        if ids:
+            self.out("Deleted Containers:\n" + "".join(i + "\n" for i in ids) + "\n")
+        self.out(f"Total reclaimed space: {fmt.size(reclaimed)}\n")
+        return 0
+
+    def cmd_diff(self, argv: list[str]) -> int:
+        _, rest = parse(argv, [], "diff")
+        if len(rest) != 1:
+            raise InvalidArgument('"berth diff" requires exactly 1 argument')
+        self.out("".join(f"{kind} {path}\n" for kind, path in self.engine.diff(rest[0])))
+        return 0
+
+    def cmd_export(self, argv: list[str]) -> int:
+        import os
+
+        opts, rest = parse(argv, [Flag("output,o", "output", True)], "export")
+        if len(rest) != 1:
+            raise InvalidArgument('"berth export" requires exactly 1 argument')
+        target = opts.get("output")
+        if target:
+            tmp = f"{target}.berth-tmp"
+            try:
+                with open(tmp, "wb") as f:
+                    self.engine.export(rest[0], f)
+                os.rename(tmp, target)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
+            return 0
+        if os.isatty(1):
+            raise InvalidArgument("cowardly refusing to save to a terminal. Use the -o flag or redirect")
+        sys.stdout.flush()
+        self.engine.export(rest[0], sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+        return 0
+
+    def cmd_commit(self, argv: list[str]) -> int:
+        opts, rest = parse(argv, [Flag("message,m", "message", True), Flag("author,a", "author", True),
+                                  Flag("change,c", "change", True, True), Flag("pause,p", "pause")], "commit")
+        if not 1 <= len(rest) <= 2:
+            raise InvalidArgument('"berth commit" requires 1 or 2 arguments: CONTAINER [REPOSITORY[:TAG]]')
+        img = self.engine.commit(rest[0], rest[1] if len(rest) == 2 else None, message=opts.get("message"),
+                                 author=opts.get("author"), changes=opts.get("change"),
+                                 pause=opts.get("pause", True))
+        self.out(f"{img.id}\n")
+        return 0
+
+    def cmd_cp(self, argv: list[str]) -> int:
+        _, rest = parse(argv, [Flag("archive,a", "archive"), Flag("follow-link,L", "follow_link"),
+                                  Flag("quiet,q", "quiet")], "cp")
+        if len(rest) != 2:
+            raise InvalidArgument('"berth cp" requires exactly 2 arguments: SRC and DEST, one of them CONTAINER:PATH')
+        (src_ctr, src_path), (dest_ctr, dest_path) = (_split_container_path(a) for a in rest)
+        if src_ctr and dest_ctr:
+            raise InvalidArgument("copying between containers is not supported")
+        if src_ctr:
+            if not src_path:
+                raise InvalidArgument("the container path must not be empty")
+            self.engine.copy_from(src_ctr, src_path, dest_path)
+        elif dest_ctr:
+            if not dest_path:
+                raise InvalidArgument("the container path must not be empty")
+            self.engine.copy_to(dest_ctr, src_path, dest_path)
+        else:
+            raise InvalidArgument("must specify at least one container source (CONTAINER:PATH)")
+        return 0
+
+
+def _split_container_path(arg: str) -> tuple[str | None, str]:
+    """Docker's rule: ``NAME:PATH`` names a container unless the text before ``:`` holds a ``/`` or the
+    argument starts with ``/`` or ``.`` (a local path that happens to contain a colon)."""
+    if arg.startswith(("/", ".")):
+        return None, arg
+    name, colon, path = arg.partition(":")
+    if not colon or "/" in name or not name:
+        return None, arg
+    return name, path

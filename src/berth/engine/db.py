@@ -86,6 +86,10 @@ class Database:
         sets = ", ".join(f"{k} = ?" for k in fields)
         self.conn.execute(f"UPDATE container_state SET {sets} WHERE id = ?", (*fields.values(), cid))
 
+    def update_config(self, cid: str, config: dict[str, Any]) -> None:
+        """Replace the options a container was created with (``berth update`` changes its limits)."""
+        self.conn.execute("UPDATE containers SET config = ? WHERE id = ?", (jsonc.dumps(config), cid))
+
     def rename(self, cid: str, name: str) -> None:
         try:
             self.conn.execute("UPDATE containers SET name = ? WHERE id = ?", (name, cid))
