@@ -32,6 +32,8 @@ Options:
 
 Commands:
   run, create, start, stop, kill, rm, ps, logs, wait, inspect   containers
+  exec, top, stats, pause, unpause, rename, update, port,
+  diff, export, commit, cp, container prune|ls|...
   images, pull, push, import, rmi, tag, history, save, load    images
   image ls|inspect|prune|rm|tag|pull|push|save|load|history
   login, logout                                                registries
