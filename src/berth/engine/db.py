@@ -44,10 +44,13 @@ MIGRATIONS = [
         error         TEXT NOT NULL DEFAULT ''
     );
     """,
+    # 2: the init's start time beside its pid (a recycled pid is never taken for the container, e.g.
+    # after a reboot), and whether the user stopped it (unless-stopped is not restarted at boot)
+    """
+    ALTER TABLE container_state ADD COLUMN pid_start INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE container_state ADD COLUMN stopped_by_user INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
-
-STATE_FIELDS = ("status", "pid", "exit_code", "oom_killed", "started_at", "finished_at", "restart_count", "error")
-
 
 class Database:
     def __init__(self, path: str) -> None:
