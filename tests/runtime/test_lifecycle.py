@@ -299,6 +299,18 @@ def test_update_resources_file(rt: RT, make_bundle: Any, cid: str, tmp_path: Pat
     assert (cgroup_dir(pid, "pids") / "pids.max").read_text().strip() == "88"
 
 
+def test_update_devices_stays_deny_first(rt: RT, make_bundle: Any, cid: str, tmp_path: Path) -> None:
+    """An allow-only device update must not open every device (it applies on top of deny-all)."""
+    rt("run", "-d", "--bundle", str(make_bundle(SLEEP)), cid)
+    pid = rt.state(cid)["pid"]
+    res = write_json(tmp_path / "d.json", {"devices": [{"allow": True, "type": "c", "major": 10, "minor": 200,
+                                                        "access": "rwm"}]})
+    rt("update", "--resources", str(res), cid)
+    rules = (cgroup_dir(pid, "devices") / "devices.list").read_text().splitlines()
+    assert "a *:* rwm" not in rules
+    assert "c 10:200 rwm" in rules
+
+
 def test_update_is_seen_inside(rt: RT, make_bundle: Any, cid: str, tmp_path: Path) -> None:
     rt("run", "-d", "--bundle", str(make_bundle(SLEEP)), cid)
     rt("update", "--pids-limit", "33", cid)

@@ -516,8 +516,13 @@ def update(root: str, cid: str, resources: dict[str, Any]) -> None:
         if status == "stopped":
             raise Conflict(f"cannot update container {cid}: it is stopped")
         validate_resources(resources)
-        record.cgroup().apply(resources)
         linux = record.config.setdefault("linux", {})
+        applied = dict(resources)
+        if "devices" in resources:
+            # The same deny-first rule list create builds, or an allow-only update would open all.
+            applied["devices"] = _resources({"linux": {**linux, "resources": {"devices": resources["devices"]}}})[
+                "devices"]
+        record.cgroup().apply(applied)
         merged = _merge(linux.get("resources") or {}, resources)
         linux["resources"] = merged
         sd.save(record)
