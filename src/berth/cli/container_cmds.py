@@ -102,13 +102,9 @@ class ContainerCommands:
                     "MemPerc": f"{s['mem_percent']:.2f}%", "NetIO": "0B / 0B", "BlockIO": "0B / 0B",
                     "PIDs": str(s["pids"]),
                 })
-            template = opts.get("format")
-            if template == "json":
-                import json
-
-                self.out("".join(json.dumps(r) + "\n" for r in rows))
-            elif template:
-                self.out("".join(fmt.render(template, r) + "\n" for r in rows))
+            text = fmt.render_rows(rows, opts.get("format"))
+            if text is not None:
+                self.out(text)
             else:
                 header = ["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "NET I/O", "BLOCK I/O",
                           "PIDS"]
@@ -153,10 +149,16 @@ class ContainerCommands:
         _, rest = parse(argv, [], "port")
         if not 1 <= len(rest) <= 2:
             raise InvalidArgument('"berth port" requires 1 or 2 arguments: CONTAINER [PRIVATE_PORT[/PROTO]]')
-        c = self.engine.get(rest[0])
+        mappings = self.engine.container_ports(rest[0])
         if len(rest) == 2:
-            raise InvalidArgument(f"no public port '{rest[1]}' published for {c.name}")
-        return 0  # published ports come with networking; until then there are none
+            port, _, proto = rest[1].partition("/")
+            mappings = [m for m in mappings if str(m.container_port) == port and m.proto == (proto or "tcp")]
+            if not mappings:
+                raise InvalidArgument(f"no public port '{rest[1]}' published for {rest[0]}")
+            self.out("".join(f"{m.host_ip}:{m.host_port}\n" for m in mappings))
+            return 0
+        self.out("".join(f"{m}\n" for m in mappings))
+        return 0
 
     def cmd_prune(self, argv: list[str]) -> int:
         """``berth container prune``."""

@@ -67,3 +67,17 @@ def size(n: float) -> str:
             return f"{n:.3g}{unit}" if unit != "B" else f"{int(n)}B"
         n /= 1000
     return f"{n}TB"
+
+
+def render_rows(rows: list[dict[str, Any]], template: str | None) -> str | None:
+    """``--format json``, ``table {{...}}`` or a Go template over ``rows``; None without one (the
+    caller prints its default table)."""
+    if not template:
+        return None
+    if template == "json":
+        return "".join(json.dumps(r) + "\n" for r in rows)
+    if template.startswith("table"):
+        body = template[len("table"):].strip()
+        heads = body.replace("{{", "").replace("}}", "").replace(".", "").upper()
+        return render(heads, {}) + "\n" + "".join(render(body, r) + "\n" for r in rows)
+    return "".join(render(template, r) + "\n" for r in rows)

@@ -101,22 +101,13 @@ def _progress(done_word: str, quiet: bool) -> _PlainProgress | _BarProgress | No
 
 
 def _render_rows(cli: ImageCommands, rows: list[dict[str, Any]], template: str | None) -> bool:
-    """``--format json`` or a Go template: print and say so; else leave the table to the caller."""
-    if not template:
-        return False
+    """``--format``: print and say so; else leave the table to the caller."""
     from berth.cli import format as fmt
 
-    if template == "json":
-        import json
-
-        cli.out("".join(json.dumps(r) + "\n" for r in rows))
-    elif template.startswith("table"):
-        body = template[len("table"):].strip()
-        heads = body.replace("{{", "").replace("}}", "").replace(".", "").upper()
-        cli.out(fmt.render(heads, {}) + "\n" + "".join(fmt.render(body, r) + "\n" for r in rows))
-    else:
-        cli.out("".join(fmt.render(template, r) + "\n" for r in rows))
-    return True
+    text = fmt.render_rows(rows, template)
+    if text is not None:
+        cli.out(text)
+    return text is not None
 
 
 def _created_since(created: str | None) -> str:

@@ -13,6 +13,7 @@ import sys
 from berth.cli.container_cmds import ContainerCommands
 from berth.cli.flags import Flag, parse
 from berth.cli.image_cmds import ImageCommands
+from berth.cli.network_cmds import NetworkCommands
 from berth.errors import BerthError, InvalidArgument
 
 TYPE_CHECKING = False
@@ -37,6 +38,7 @@ Commands:
   images, pull, push, import, rmi, tag, history, save, load    images
   image ls|inspect|prune|rm|tag|pull|push|save|load|history
   login, logout                                                registries
+  network create|ls|inspect|rm|prune|connect|disconnect        networks
   system df                                                    disk usage
   version
 """
@@ -60,7 +62,10 @@ RUN_FLAGS = [
     Flag("health-interval", "health_interval", True), Flag("health-retries", "health_retries", True),
     Flag("health-timeout", "health_timeout", True), Flag("health-start-period", "health_start_period", True),
     Flag("log-opt", "log_opt", True, True), Flag("runtime", "runtime", True), Flag("pull", "pull", True),
-    Flag("platform", "platform", True), Flag("network,net", "network", True), Flag("init", "init"),
+    Flag("platform", "platform", True), Flag("network,net", "network", True, True), Flag("init", "init"),
+    Flag("publish,p", "publish", True, True), Flag("publish-all,P", "publish_all"), Flag("ip", "ip", True),
+    Flag("network-alias,net-alias", "aliases", True, True), Flag("dns", "dns", True, True),
+    Flag("dns-search", "dns_search", True, True), Flag("add-host", "add_hosts", True, True),
     Flag("help", "help"),
 ]
 
@@ -85,7 +90,7 @@ def run_options(opts: dict[str, Any]) -> dict[str, Any]:
     for key in ("interactive", "tty", "workdir", "user", "hostname", "entrypoint", "read_only", "memory",
                 "memory_swap", "cpus", "cpu_shares", "cpuset_cpus", "pids_limit", "ulimits", "cap_add",
                 "cap_drop", "privileged", "security_opt", "restart", "stop_signal", "stop_timeout", "tmpfs",
-                "runtime", "network"):
+                "runtime", "publish", "publish_all", "ip", "aliases", "dns", "dns_search", "add_hosts"):
         if key in opts:
             out[key] = opts[key]
     env = list(opts.get("env", []))
@@ -131,12 +136,19 @@ def run_options(opts: dict[str, Any]) -> dict[str, Any]:
             "retries": int(opts.get("health_retries", 3)),
             "start_period": _duration(opts.get("health_start_period", "0s"), "--health-start-period"),
         }
-    if opts.get("network") not in (None, "none", "host"):
-        raise InvalidArgument(f"invalid --network {opts['network']!r}: none and host work so far")
+    networks = opts.get("network") or []
+    if len(networks) > 1:
+        raise InvalidArgument("only one --network per container so far (use berth network connect later)")
+    if networks:
+        out["network"] = networks[0]
+    for spec in opts.get("publish", []):
+        from berth.network.ports import parse as parse_port  # validates early, without pyroute2
+
+        parse_port(spec)
     return out
 
 
-class Cli(ImageCommands, ContainerCommands):
+class Cli(ImageCommands, ContainerCommands, NetworkCommands):
     def __init__(self, gopts: dict[str, Any]) -> None:
         self.gopts = gopts
         self._engine: Engine | None = None
@@ -242,13 +254,9 @@ class Cli(ImageCommands, ContainerCommands):
             self.out("".join((c.id if opts.get("no_trunc") else c.id[:12]) + "\n" for c in cs))
             return 0
         rows = [_ps_row(c) for c in cs]
-        template = opts.get("format")
-        if template == "json":
-            import json
-
-            self.out("".join(json.dumps(r) + "\n" for r in rows))
-        elif template:
-            self.out("".join(fmt.render(template, r) + "\n" for r in rows))
+        text = fmt.render_rows(rows, opts.get("format"))
+        if text is not None:
+            self.out(text)
         else:
             header = ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"]
             self.out(fmt.table([[r["ID"], r["Image"], r["Command"], r["RunningFor"], r["Status"], "", r["Names"]]
@@ -319,14 +327,11 @@ class Cli(ImageCommands, ContainerCommands):
                 repo, _, tag = n.rpartition(":") if ":" in n.rsplit("/", 1)[-1] else (n, "", "<none>")
                 rows.append({"ID": img.short_id, "Repository": repo, "Tag": tag,
                              "Size": fmt.size(store.size(img))})
+        text = fmt.render_rows(rows, opts.get("format"))
         if opts.get("quiet"):
             self.out("".join(dict.fromkeys(r["ID"] + "\n" for r in rows)))
-        elif opts.get("format") == "json":
-            import json
-
-            self.out("".join(json.dumps(r) + "\n" for r in rows))
-        elif opts.get("format"):
-            self.out("".join(fmt.render(opts["format"], r) + "\n" for r in rows))
+        elif text is not None:
+            self.out(text)
         else:
             self.out(fmt.table([[r["Repository"], r["Tag"], r["ID"], r["Size"]] for r in rows],
                                ["REPOSITORY", "TAG", "IMAGE ID", "SIZE"]))
