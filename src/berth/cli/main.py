@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import sys
 
+from berth.cli.build_cmds import BuildCommands
 from berth.cli.container_cmds import ContainerCommands
 from berth.cli.flags import Flag, parse
 from berth.cli.image_cmds import ImageCommands
 from berth.cli.network_cmds import NetworkCommands
+from berth.cli.volume_cmds import VolumeCommands
 from berth.errors import BerthError, InvalidArgument
 
 TYPE_CHECKING = False
@@ -148,7 +150,7 @@ def run_options(opts: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class Cli(ImageCommands, ContainerCommands, NetworkCommands):
+class Cli(ImageCommands, ContainerCommands, NetworkCommands, VolumeCommands, BuildCommands):
     def __init__(self, gopts: dict[str, Any]) -> None:
         self.gopts = gopts
         self._engine: Engine | None = None

@@ -20,6 +20,8 @@ import time
 
 from berth.engine.container_ops import ContainerOps
 from berth.engine.image_ops import ImageOps
+from berth.engine.network_ops import NetworkOps
+from berth.engine.volume_ops import VolumeOps
 from berth.errors import BerthError, Conflict, InvalidArgument, NotFound
 from berth.oci import jsonc
 
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 
     from berth.engine.db import Database
     from berth.images.store import Image, ImageStore
+    from berth.network.manager import Networks
 
 DEFAULT_ROOT = "/var/lib/berth"
 DEFAULT_RUNROOT = "/run/berth"
@@ -101,7 +104,7 @@ def _parse_time(stamp: str) -> float:
     return calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S")) + float("0." + (frac or "0"))
 
 
-class Engine(ImageOps, ContainerOps):
+class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps):
     def __init__(self, root: str | None = None, runroot: str | None = None, runtime: str | None = None) -> None:
         self.root = os.path.abspath(root or os.environ.get("BERTH_ROOT") or DEFAULT_ROOT)
         self.runroot = os.path.abspath(runroot or os.environ.get("BERTH_RUNROOT") or DEFAULT_RUNROOT)
@@ -110,6 +113,7 @@ class Engine(ImageOps, ContainerOps):
         os.makedirs(os.path.join(self.runroot, "containers"), mode=0o711, exist_ok=True)
         self._db: Database | None = None
         self._images: ImageStore | None = None
+        self._networks: Networks | None = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -134,6 +138,9 @@ class Engine(ImageOps, ContainerOps):
             self._db.close()
         if self._images is not None:
             self._images.close()
+        if self._networks is not None:
+            self._networks.ipam.conn.close()
+            self._networks = None
 
     def __enter__(self) -> Engine:
         return self
@@ -260,6 +267,7 @@ class Engine(ImageOps, ContainerOps):
             oci = specmod.build(cid, options, image_cfg, rootfs)
             bundle = self._bundle_dir(cid)
             os.makedirs(bundle, mode=0o700)
+            self._network_setup(cid, name, options, image_cfg, oci)
             with open(os.path.join(bundle, "config.json"), "w") as f:
                 f.write(jsonc.dumps(oci))
         except BaseException:
@@ -277,6 +285,7 @@ class Engine(ImageOps, ContainerOps):
             from berth.snapshots.mount import mount_all
 
             mount_all(self.image_store.snapshots.mounts(c.id), rootfs)
+        self._ensure_netns(c)
         for stale in ("exit.json", "stopped", "health.json", "pid"):
             try:
                 os.unlink(os.path.join(state_dir, stale))
@@ -490,6 +499,11 @@ class Engine(ImageOps, ContainerOps):
 
         from berth.snapshots.mount import unmount
 
+        try:
+            opts = self.get(cid).config
+        except NotFound:
+            opts = {}
+        self._network_teardown(cid, opts)
         rootfs = os.path.join(self._state_dir(cid), "rootfs")
         if os.path.ismount(rootfs):
             unmount(rootfs, detach=True)
@@ -534,6 +548,7 @@ class Engine(ImageOps, ContainerOps):
                            "Privileged": bool(c.config.get("privileged")),
                            "RestartPolicy": dict(zip(("Name", "MaximumRetryCount"),
                                                      _restart_policy(c.config.get("restart", "no")), strict=True))},
+            "NetworkSettings": self.container_networks(c),
             "LogPath": os.path.join(self._bundle_dir(c.id), "ctr.log"),
         }
 
@@ -576,7 +591,8 @@ def _image_config(store: ImageStore, img: Image) -> dict[str, Any]:
         return {}
     return {"Env": section.env, "Entrypoint": section.entrypoint, "Cmd": section.cmd, "User": section.user,
             "WorkingDir": section.working_dir, "StopSignal": section.stop_signal,
-            "Healthcheck": section.healthcheck, "Labels": section.labels}
+            "Healthcheck": section.healthcheck, "Labels": section.labels,
+            "ExposedPorts": list(section.exposed_ports or ())}
 
 
 def _spawn_monitor(state_dir: str) -> int:

@@ -1,0 +1,1 @@
+"""Named volumes: directories berth owns under ``<root>/volumes/<name>/_data``, recorded in SQLite."""
