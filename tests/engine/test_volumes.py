@@ -10,6 +10,7 @@ import pytest
 from berth.engine.engine import Engine
 from berth.errors import AlreadyExists, InvalidArgument, NotFound
 
+IMAGE = "localhost/busybox:latest"
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 
 
@@ -40,3 +41,16 @@ def test_volume_library_rules(engine: Engine) -> None:
     engine.volume_remove("libvol")
     with pytest.raises(NotFound):
         engine.volume_store.get(v.name)
+
+
+def test_named_volume_shared_and_kept(berth) -> None:  # type: ignore[no-untyped-def]
+    assert berth("run", "--rm", "-v", "shared:/data", IMAGE, "sh", "-c", "echo kept > /data/f").returncode == 0
+    res = berth("run", "--rm", "--mount", "type=volume,source=shared,target=/in,readonly", IMAGE,
+                "sh", "-c", "cat /in/f; touch /in/g")
+    assert res.stdout == "kept\n" and res.returncode != 0  # read-only mount: touch fails
+    holder = berth("create", "--name", "holder", "-v", "shared:/data", IMAGE, "true").stdout.strip()
+    rm = berth("volume", "rm", "shared")
+    assert rm.returncode == 1 and "in use" in rm.stderr
+    berth("rm", holder)
+    assert berth("volume", "rm", "shared").returncode == 0
+    assert berth("run", "--rm", "-v", "rel/path:/x", IMAGE, "true").returncode == 125

@@ -107,12 +107,18 @@ def run_options(opts: dict[str, Any]) -> dict[str, Any]:
     if opts.get("label"):
         out["labels"] = dict(item.partition("=")[::2] for item in opts["label"])
     binds = []
+    volumes = []
     for spec in opts.get("volume", []):
         parts = spec.split(":")
-        if len(parts) < 2 or not parts[0].startswith("/") or not parts[1].startswith("/"):
-            raise InvalidArgument(f"invalid volume {spec!r}: expected /host/path:/container/path[:ro] "
-                                  "(named volumes come with the volumes work)")
-        binds.append({"source": parts[0], "destination": parts[1], "readonly": "ro" in parts[2:]})
+        if len(parts) == 1 and parts[0].startswith("/"):
+            parts = ["", parts[0]]  # `-v /path`: an anonymous volume
+        if len(parts) < 2 or not parts[1].startswith("/") or any(o not in ("ro", "rw", "z", "Z") for o in parts[2:]):
+            raise InvalidArgument(f"invalid volume {spec!r}: expected [/host/path|NAME:]/container/path[:ro]")
+        if parts[0].startswith("/"):
+            binds.append({"source": parts[0], "destination": parts[1], "readonly": "ro" in parts[2:]})
+        else:
+            volumes.append({"name": parts[0] or os.urandom(32).hex(), "destination": parts[1],
+                            "readonly": "ro" in parts[2:]})
     for spec in opts.get("mount", []):
         fields = dict(f.partition("=")[::2] for f in spec.split(","))
         kind = fields.get("type", "volume")
@@ -124,10 +130,15 @@ def run_options(opts: dict[str, Any]) -> dict[str, Any]:
                           "readonly": "readonly" in fields or fields.get("ro") == "true"})
         elif kind == "tmpfs":
             out.setdefault("tmpfs", []).append(target)
+        elif kind == "volume":
+            volumes.append({"name": fields.get("source") or fields.get("src") or os.urandom(32).hex(),
+                            "destination": target, "readonly": "readonly" in fields or fields.get("ro") == "true"})
         else:
             raise InvalidArgument(f"invalid --mount {spec!r}: type {kind!r} is not supported yet")
     if binds:
         out["binds"] = binds
+    if volumes:
+        out["volumes"] = volumes
     if opts.get("log_opt"):
         out["log_opts"] = dict(item.partition("=")[::2] for item in opts["log_opt"])
     if opts.get("health_cmd"):

@@ -264,6 +264,9 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps):
             os.makedirs(rootfs, mode=0o755)
             mounts = self.image_store.prepare_rootfs(img, cid)
             mount_all(mounts, rootfs)
+            if options.get("volumes"):
+                options = {**options, "binds": [*options.get("binds", []),
+                                                *self.resolve_volumes(options["volumes"])]}
             oci = specmod.build(cid, options, image_cfg, rootfs)
             bundle = self._bundle_dir(cid)
             os.makedirs(bundle, mode=0o700)
