@@ -43,3 +43,35 @@ def test_monitor_killed_container_lives_on(berth, engine: Engine, engine_dirs: t
     while time.monotonic() < deadline and engine.get(cid).status == "running":
         time.sleep(0.1)
     assert engine.get(cid).status == "exited"  # and once it ends, ps tells the truth
+
+
+def test_reboot_truth_and_system_boot(berth, engine: Engine, engine_dirs: tuple[str, str]) -> None:  # type: ignore[no-untyped-def]
+    """Kill every process of the containers and wipe their runtime state, as a reboot would: ps tells
+    the truth, and `system boot` brings back always and unless-stopped (but not one stopped by hand)."""
+    from berth.snapshots.mount import unmount
+
+    always = berth("run", "-d", "--restart", "always", IMAGE, "sleep", "60").stdout.strip()
+    unless = berth("run", "-d", "--restart", "unless-stopped", IMAGE, "sleep", "60").stdout.strip()
+    stopped = berth("run", "-d", "--restart", "unless-stopped", IMAGE, "sleep", "60").stdout.strip()
+    plain = berth("run", "-d", IMAGE, "sleep", "60").stdout.strip()
+    berth("stop", "-t", "0", stopped)
+    runroot = engine_dirs[1]
+    for cid in (always, unless, plain):
+        state = Path(runroot, "containers", cid)
+        for name in ("monitor.pid", "pid"):
+            pid = json.loads((state / name).read_text())
+            os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    for cid in (always, unless, plain, stopped):
+        state = Path(runroot, "containers", cid)
+        if (state / "rootfs").is_mount():
+            unmount(state / "rootfs", detach=True)
+        for f in state.iterdir():
+            if f.is_file():
+                f.unlink()
+    for cid in (always, unless, plain):
+        assert engine.get(cid).status == "exited"
+    booted = berth("system", "boot").stdout.split()
+    assert sorted(booted) == sorted([always, unless])
+    assert engine.get(always).status == "running" and engine.get(unless).status == "running"
+    assert engine.get(stopped).status == "exited" and engine.get(plain).status == "exited"

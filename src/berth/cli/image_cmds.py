@@ -378,14 +378,21 @@ class ImageCommands:
     # ------------------------------------------------------------------ system
 
     def cmd_system(self, argv: list[str]) -> int:
-        table = {"df": self.cmd_system_df}
+        table = {"df": self.cmd_system_df, "boot": self.cmd_system_boot}
         if not argv or argv[0] in ("-h", "--help"):
-            self.out("Usage: berth system COMMAND\n\nCommands:\n  df\n")
+            self.out("Usage: berth system COMMAND\n\nCommands:\n  df\n  boot\n")
             return 0 if argv else 125
         handler = table.get(argv[0])
         if handler is None:
             raise InvalidArgument(f"unknown command: \"berth system {argv[0]}\"\nSee 'berth system --help'.")
         return int(handler(argv[1:]))
+
+    def cmd_system_boot(self, argv: list[str]) -> int:
+        """For an init system after a reboot: restart the always and unless-stopped containers."""
+        parse(argv, [], "system boot")
+        for cid in self.engine.boot():
+            self.out(cid + "\n")
+        return 0
 
     def cmd_system_df(self, argv: list[str]) -> int:
         from berth.cli import format as fmt

@@ -42,8 +42,24 @@ class ContainerOps:
         def _runtime(self, c: Container, *args: str) -> str: ...
         def _bundle_dir(self, cid: str) -> str: ...
         def remove(self, ref: str, force: bool = False) -> None: ...
+        def start(self, ref: str) -> Container: ...
 
     # ------------------------------------------------------------------ helpers
+
+    def boot(self) -> list[str]:
+        """After a reboot (an init system calls ``berth system boot``): settle every container's state,
+        then start the ``always`` ones and the ``unless-stopped`` ones the user had not stopped.
+        Returns the ids started."""
+        started = []
+        for c in self.containers():
+            policy = (c.config.get("restart") or "no").partition(":")[0]
+            if c.running or policy not in ("always", "unless-stopped"):
+                continue
+            if policy == "unless-stopped" and c.stopped_by_user:
+                continue
+            self.start(c.id)
+            started.append(c.id)
+        return started
 
     def _running(self, ref: str, action: str) -> Container:
         c = self.get(ref)

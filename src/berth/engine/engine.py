@@ -51,6 +51,8 @@ class Container:
         self.config: dict[str, Any] = jsonc.loads(row["config"])
         self.status: str = row["status"]
         self.pid: int = row["pid"]
+        self.pid_start: int = row["pid_start"]
+        self.stopped_by_user: bool = bool(row["stopped_by_user"])
         self.exit_code: int = row["exit_code"]
         self.oom_killed: bool = bool(row["oom_killed"])
         self.started_at: float = row["started_at"]
@@ -220,13 +222,22 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps):
         exit_info = _read_json(os.path.join(c.state_dir, "exit.json"))
         monitor = _read_json(os.path.join(c.state_dir, "monitor.pid"))
         monitor_alive = isinstance(monitor, int) and _alive(monitor)
-        if monitor_alive and (exit_info is None or _alive(c.pid)):
+        current = _read_json(os.path.join(c.state_dir, "pid"))  # the init now (it changes on restarts)
+        if isinstance(current, int) and current != c.pid:
+            init_alive = _alive(current)
+        else:
+            # The pid recorded at start, checked with its start time: after a reboot the same pid
+            # may well be some other process.
+            from berth.runtime.state import proc_start_time
+
+            init_alive = proc_start_time(c.pid) == c.pid_start if c.pid_start else _alive(c.pid)
+        if monitor_alive and (exit_info is None or init_alive):
             return c
         if monitor_alive:
             c.status = "restarting"
             c.restart_count = int(exit_info.get("restartCount", 0)) if exit_info else c.restart_count
             return c
-        if exit_info is None and _alive(c.pid):
+        if exit_info is None and init_alive:
             return c  # the monitor died; the container did not
         fields: dict[str, Any] = {"status": "exited", "pid": 0}
         if exit_info is not None:
@@ -307,8 +318,13 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps):
             monitor_cfg["health"] = opts["health"]
         with open(os.path.join(state_dir, "monitor.json"), "w") as f:
             f.write(jsonc.dumps(monitor_cfg))
+        # What a monitor killed mid-life left in the runtime's state would block create.
+        self._delete_runtime_container(c)
         pid = _spawn_monitor(state_dir)
-        self.db.update_state(c.id, status="running", pid=pid, started_at=time.time(), exit_code=0, error="")
+        from berth.runtime.state import proc_start_time
+
+        self.db.update_state(c.id, status="running", pid=pid, pid_start=proc_start_time(pid) or 0,
+                             started_at=time.time(), exit_code=0, error="", stopped_by_user=0)
         return self.get(c.id)
 
     def run(self, image: str, command: list[str] | None = None, **opts: Any) -> Container:
@@ -463,6 +479,7 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps):
         if not c.running:
             return c
         open(os.path.join(c.state_dir, "stopped"), "w").close()
+        self.db.update_state(c.id, stopped_by_user=1)
         if timeout is None:
             timeout = float(c.config.get("stop_timeout") or 10)
         sig = c.config.get("stop_signal") or "TERM"
