@@ -57,10 +57,6 @@ class BuildCommands:
         def out(self, text: str) -> None: ...
 
     def cmd_build(self, argv: list[str]) -> int:
-        from berth.build.builder import BuildOptions, build
-        from berth.build.context import Context
-        from berth.images.store import _tag_reference
-
         opts, rest = parse(argv, BUILD_FLAGS, "build")
         if opts.get("help"):
             self.out(BUILD_USAGE)
@@ -69,42 +65,21 @@ class BuildCommands:
             raise InvalidArgument('"berth build" requires exactly 1 argument: the context (a directory or -)')
         if opts.get("format") not in (None, "oci", "docker"):
             raise InvalidArgument(f"unknown --format {opts['format']!r}: use oci or docker")
-        tags = opts.get("tag") or []
-        for t in tags:
-            _tag_reference(t)  # a bad name fails before any work
         epoch_text = os.environ.get("SOURCE_DATE_EPOCH")
         epoch = None
         if epoch_text:
             if not epoch_text.isdigit():
                 raise InvalidArgument(f"SOURCE_DATE_EPOCH must be a number of seconds, not {epoch_text!r}")
             epoch = int(epoch_text)
-        options = BuildOptions(
-            tags=tags, build_args=_kv(opts.get("build_arg") or [], "--build-arg"), target=opts.get("target"),
-            no_cache=bool(opts.get("no_cache")), labels=_kv(opts.get("label") or [], "--label"),
-            quiet=bool(opts.get("quiet")), source_date_epoch=epoch,
-            pull="always" if opts.get("pull") else "missing",
-        )
-        if rest[0] == "-":
-            context = Context.from_tar(sys.stdin.buffer)
-        else:
-            if not os.path.isdir(rest[0]):
-                raise InvalidArgument(f"the build context {rest[0]!r} is not a directory")
-            context = Context(rest[0])
-        try:
-            path = opts.get("file") or os.path.join(context.root, "Dockerfile")
-            if rest[0] == "-" and opts.get("file") and not os.path.isabs(path):
-                path = os.path.join(context.root, path)
-            try:
-                with open(path, encoding="utf-8") as f:
-                    text = f.read()
-            except FileNotFoundError:
-                raise InvalidArgument(f"cannot read the Dockerfile: {path} does not exist") from None
-            image = build(self.engine, context, text, options, sys.stdout)
-        finally:
-            context.close()
+        quiet = bool(opts.get("quiet"))
+        image = self.engine.build(
+            sys.stdin.buffer if rest[0] == "-" else rest[0], opts.get("file"), tags=opts.get("tag") or [],
+            build_args=_kv(opts.get("build_arg") or [], "--build-arg"), target=opts.get("target"),
+            no_cache=bool(opts.get("no_cache")), labels=_kv(opts.get("label") or [], "--label"), quiet=quiet,
+            source_date_epoch=epoch, pull="always" if opts.get("pull") else "missing", output=sys.stdout)
         if opts.get("iidfile"):
             with open(opts["iidfile"], "w") as f:
                 f.write(str(image.id))
-        if options.quiet:
+        if quiet:
             self.out(f"{image.id}\n")
         return 0

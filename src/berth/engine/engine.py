@@ -18,6 +18,7 @@ import os
 import sys
 import time
 
+from berth.engine.build_ops import BuildOps
 from berth.engine.container_ops import ContainerOps
 from berth.engine.image_ops import ImageOps
 from berth.engine.network_ops import NetworkOps
@@ -106,7 +107,7 @@ def _parse_time(stamp: str) -> float:
     return calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S")) + float("0." + (frac or "0"))
 
 
-class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps):
+class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
     def __init__(self, root: str | None = None, runroot: str | None = None, runtime: str | None = None) -> None:
         self.root = os.path.abspath(root or os.environ.get("BERTH_ROOT") or DEFAULT_ROOT)
         self.runroot = os.path.abspath(runroot or os.environ.get("BERTH_RUNROOT") or DEFAULT_RUNROOT)
