@@ -128,3 +128,69 @@ def runtime_root(tmp_path: Path) -> Iterator[Path]:
     root = tmp_path / "state"
     root.mkdir()
     yield root
+
+
+ENGINE_IMAGE = "localhost/busybox:latest"
+
+
+@pytest.fixture(scope="module")
+def engine_dirs(tmp_path_factory: pytest.TempPathFactory, busybox_rootfs: Path) -> tuple[str, str]:
+    """Private engine storage (root, runroot) holding ``localhost/busybox:latest``, per test module."""
+    import tarfile
+
+    from berth.engine.engine import Engine
+
+    base = tmp_path_factory.mktemp("engine")
+    root, runroot = str(base / "root"), f"/run/berth-test-{base.name}"
+    tar = base / "rootfs.tar"
+    with tarfile.open(tar, "w") as tf:
+        tf.add(busybox_rootfs, arcname=".")
+    with Engine(root, runroot) as e:
+        e.import_image(str(tar), ENGINE_IMAGE)
+    return root, runroot
+
+
+@pytest.fixture
+def engine(engine_dirs: tuple[str, str]) -> Iterator[Any]:
+    """An Engine on ``engine_dirs``; containers a test leaves behind are removed."""
+    from berth.engine.engine import Engine
+
+    e = Engine(*engine_dirs)
+    yield e
+    for c in e.containers():
+        e.remove(c.id, force=True)
+    e.close()
+
+
+@pytest.fixture
+def berth(engine_dirs: tuple[str, str]) -> Callable[..., subprocess.CompletedProcess[Any]]:
+    """Run the ``berth`` CLI on ``engine_dirs`` (text unless ``input`` is bytes)."""
+    root, runroot = engine_dirs
+
+    def run(*args: str, input: str | bytes | None = None, timeout: float = 60,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[Any]:
+        return subprocess.run([str(VENV_BIN / "berth"), "--root", root, "--runroot", runroot, *args],
+                              capture_output=True, text=not isinstance(input, bytes), input=input,
+                              timeout=timeout, env={**os.environ, **(env or {})})
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Debian's docker-registry on a free 127.0.0.1 port (see tests/reg_helpers.py)."""
+    from reg_helpers import start_registry
+
+    server = start_registry(tmp_path_factory.mktemp("registry"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def registry_htpasswd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The same with HTTP basic auth: ``.username``, ``.password``, ``.creds``."""
+    from reg_helpers import start_htpasswd_registry
+
+    server = start_htpasswd_registry(tmp_path_factory.mktemp("registry-htpasswd"))
+    yield server
+    server.stop()

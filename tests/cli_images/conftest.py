@@ -12,30 +12,11 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "registry"))
-
 from reg_helpers import (
-    RegistryServer,
     isolate_registry_env,
-    start_htpasswd_registry,
-    start_registry,
 )
 
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(scope="session")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
-    server = start_registry(tmp_path_factory.mktemp("registry"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def registry_htpasswd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
-    server = start_htpasswd_registry(tmp_path_factory.mktemp("registry-htpasswd"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(autouse=True)

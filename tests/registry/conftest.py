@@ -1,6 +1,7 @@
 """Registry fixtures: real registries on 127.0.0.1, a bearer-token server, test images, fake registries.
 
-The machinery lives in ``reg_helpers.py``; these are thin wrappers. Session-scoped servers start once.
+The machinery lives in ``tests/reg_helpers.py``; these are thin wrappers. Session-scoped servers start
+once; ``registry`` and ``registry_htpasswd`` are in tests/conftest.py, shared with other directories.
 
 * ``registry`` — Debian's ``docker-registry`` (distribution v2) on a free 127.0.0.1 port, filesystem
   storage in a temporary directory, deletes enabled. A ``RegistryServer``: ``.host``
@@ -26,6 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from reg_helpers import (
     FakeRegistry,
     PushedImage,
@@ -33,24 +35,8 @@ from reg_helpers import (
     build_image_layouts,
     isolate_registry_env,
     push_test_images,
-    start_htpasswd_registry,
-    start_registry,
     start_token_registry,
 )
-
-
-@pytest.fixture(scope="session")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
-    server = start_registry(tmp_path_factory.mktemp("registry"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def registry_htpasswd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
-    server = start_htpasswd_registry(tmp_path_factory.mktemp("registry-htpasswd"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="session")
