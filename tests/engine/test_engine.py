@@ -122,3 +122,13 @@ def test_cli_detached_lifecycle(berth) -> None:  # type: ignore[no-untyped-def]
     assert berth("wait", "web").stdout.strip() == "137"
     assert berth("rm", "web").returncode == 0
     assert berth("ps", "-a", "-q").stdout == ""
+
+
+def test_cli_logs_since_and_tail(berth) -> None:  # type: ignore[no-untyped-def]
+    cid = berth("run", "-d", IMAGE, "sh", "-c", "echo early; sleep 1.5; echo late").stdout.strip()
+    assert berth("wait", cid).stdout.strip() == "0"
+    assert berth("logs", "--since", "1s", cid).stdout == "late\n"
+    assert berth("logs", "--since", "1m", cid).stdout == "early\nlate\n"
+    assert berth("logs", "--tail", "1", cid).stdout == "late\n"
+    assert berth("logs", "--since", "yesterday", cid).returncode == 125
+    berth("rm", cid)

@@ -282,6 +282,9 @@ class Cli(ImageCommands, ContainerCommands, NetworkCommands, VolumeCommands, Bui
         if len(rest) != 1:
             raise InvalidArgument('"berth logs" requires exactly 1 argument')
         entries = self.engine.logs(rest[0], follow=bool(opts.get("follow")))
+        if opts.get("since"):
+            since = _since(opts["since"])
+            entries = (e for e in entries if e["time"] >= since)
         tail = opts.get("tail", "all")
         if tail != "all" and not opts.get("follow"):
             try:
@@ -376,6 +379,38 @@ class Cli(ImageCommands, ContainerCommands, NetworkCommands, VolumeCommands, Bui
 
         self.out(f"berth version {__version__}\n")
         return 0
+
+
+def _since(text: str) -> str:
+    """--since as a log timestamp to compare with: a duration back from now (10m, 1h30m, 45s), unix
+    seconds, or an RFC 3339 time. Entries' times are fixed-width UTC, so strings compare in order."""
+    import time
+
+    from berth.monitor.logfile import timestamp
+
+    if text.replace(".", "", 1).isdigit():
+        return timestamp(float(text))
+    seconds = _duration_seconds(text)
+    if seconds is not None:
+        return timestamp(time.time() - seconds)
+    if len(text) >= 10 and text[4] == "-" and text[7] == "-":
+        return text if text.endswith("Z") else text + "Z"
+    raise InvalidArgument(f"invalid --since {text!r}: a duration (10m), unix seconds or an RFC 3339 time")
+
+
+def _duration_seconds(text: str) -> float | None:
+    """Go-style durations such as 1h30m or 45s; None when ``text`` is not one."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0}
+    total, number = 0.0, ""
+    for ch in text:
+        if ch.isdigit() or ch == ".":
+            number += ch
+        elif ch in units and number:
+            total += float(number) * units[ch]
+            number = ""
+        else:
+            return None
+    return total if text and not number else None
 
 
 def _ps_row(c: Container) -> dict[str, Any]:
