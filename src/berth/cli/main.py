@@ -73,13 +73,10 @@ RUN_FLAGS = [
 
 
 def _duration(text: str, flag: str) -> float:
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    for suffix in ("ms", "s", "m", "h"):
-        if text.endswith(suffix):
-            try:
-                return float(text[: -len(suffix)]) * units[suffix]
-            except ValueError:
-                break
+    """A flag's duration in seconds: Go-style (30s, 1m30s, 500ms) or a plain number of seconds."""
+    seconds = _duration_seconds(text)
+    if seconds is not None:
+        return seconds
     try:
         return float(text)
     except ValueError:
@@ -399,17 +396,21 @@ def _since(text: str) -> str:
 
 
 def _duration_seconds(text: str) -> float | None:
-    """Go-style durations such as 1h30m or 45s; None when ``text`` is not one."""
-    units = {"h": 3600.0, "m": 60.0, "s": 1.0}
-    total, number = 0.0, ""
-    for ch in text:
+    """Go-style durations such as 1h30m, 45s or 500ms; None when ``text`` is not one."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    total, number, i = 0.0, "", 0
+    while i < len(text):
+        ch = text[i]
         if ch.isdigit() or ch == ".":
             number += ch
-        elif ch in units and number:
-            total += float(number) * units[ch]
-            number = ""
-        else:
+            i += 1
+            continue
+        unit = "ms" if text.startswith("ms", i) else ch
+        if unit not in units or not number:
             return None
+        total += float(number) * units[unit]
+        number = ""
+        i += len(unit)
     return total if text and not number else None
 
 
