@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reg_helpers import RegistryServer, need_tool
 
 from berth.engine.engine import Engine
 from berth.snapshots.base import tree_usage
+from reg_helpers import RegistryServer, need_tool
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
 

@@ -9,13 +9,13 @@ import stat
 from pathlib import Path
 
 import pytest
-from reg_helpers import PushedImage, RegistryServer, push_image, skopeo_raw
 
 from berth.content import ContentStore
 from berth.errors import PermissionDenied
 from berth.registry import ANONYMOUS, Credentials, RegistryClient, login, logout, lookup
 from berth.registry.pull import pull
 from berth.registry.push import push
+from reg_helpers import PushedImage, RegistryServer, push_image, skopeo_raw
 
 pytestmark = pytest.mark.integration
 

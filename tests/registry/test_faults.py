@@ -18,7 +18,6 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from reg_helpers import FakeRegistry, RegistryServer, free_port, respond
 
 from berth.content import ContentStore
 from berth.errors import BerthError, InvalidArgument, NotFound, PermissionDenied, Unsupported
@@ -27,6 +26,7 @@ from berth.oci.image import DOCKER_MANIFEST_V1_SIGNED, MEDIA_TYPE_IMAGE_MANIFEST
 from berth.registry import Credentials, RegistryClient
 from berth.registry.client import Progress
 from berth.registry.pull import pull
+from reg_helpers import FakeRegistry, RegistryServer, free_port, respond
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from reg_helpers import PushedImage, RegistryServer
 
 from berth.content import ContentStore
 from berth.errors import NotFound
@@ -26,6 +25,7 @@ from berth.oci.image import (
 from berth.registry import RegistryClient
 from berth.registry.client import Progress
 from berth.registry.pull import pull
+from reg_helpers import PushedImage, RegistryServer
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from reg_helpers import PushedImage, RegistryServer, skopeo, skopeo_raw
 
 from berth.content import ContentStore
 from berth.errors import InvalidArgument, NotFound
@@ -16,6 +15,7 @@ from berth.registry import BlobSources, RegistryClient
 from berth.registry.client import Progress
 from berth.registry.pull import pull
 from berth.registry.push import push
+from reg_helpers import PushedImage, RegistryServer, skopeo, skopeo_raw
 
 pytestmark = pytest.mark.integration
 
