@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 DEFAULT_ROOT = "/var/lib/berth"
 DEFAULT_RUNROOT = "/run/berth"
-KNOWN_RUNTIMES = ("berth", "runc", "crun", "runsc")
 
 
 class Container:

@@ -566,8 +566,3 @@ def wait_exit(pid: int) -> int:
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
     return os.WEXITSTATUS(status)
-
-
-def ensure_exists(root: str, cid: str) -> None:
-    if not StateDir(root, cid).exists():
-        raise NotFound(f"container {cid} does not exist")

@@ -91,7 +91,3 @@ def ensure_in_root(root_fd: int, path: str, is_dir: bool = True, mode: int = 0o7
         finally:
             os.close(parent_fd)
     return open_in_root(root_fd, "/".join(done))
-
-
-def is_dir_fd(fd: int) -> bool:
-    return stat.S_ISDIR(os.fstat(fd).st_mode)
