@@ -18,7 +18,6 @@ clamped to it, so building the same inputs twice gives the same image ID and man
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import io
 import json
@@ -49,6 +48,7 @@ from berth.oci.image import (
     Platform,
     normalize_arch,
 )
+from berth.record import replace as record_replace
 
 if TYPE_CHECKING:
     from berth.engine.engine import Engine
@@ -201,7 +201,7 @@ class Builder:
             labels = dict((target.config.config or ContainerConfig()).labels or {}) if target.config else {}
             labels.update(self.opts.labels)
             text = " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(self.opts.labels.items()))
-            self._config_step(target, f"LABEL {text}", lambda cc: dataclasses.replace(cc, labels=labels))
+            self._config_step(target, f"LABEL {text}", lambda cc: record_replace(cc, labels=labels))
             assert target.image is not None
             image = target.image
         for tag in self.opts.tags:
@@ -317,8 +317,8 @@ class Builder:
         triggers = list((stage.config.config.on_build if stage.config and stage.config.config else None) or ())
         if triggers and stage.image is not None:
             assert stage.config is not None and stage.config.config is not None
-            stage.config = dataclasses.replace(
-                stage.config, config=dataclasses.replace(stage.config.config, on_build=None))
+            stage.config = record_replace(
+                stage.config, config=record_replace(stage.config.config, on_build=None))
             self._say(f"# Executing {len(triggers)} build trigger(s)")
             trigger_df = parse("\n".join(triggers), stages=False)
             for t in trigger_df.instructions:
@@ -349,7 +349,7 @@ class Builder:
         entry = History(created=created, created_by=created_by, comment="buildkit.dockerfile.v0",
                         empty_layer=None if layer is not None else True)
         diff_ids = base.diff_ids + ((layer[1],) if layer is not None else ())
-        cfg = dataclasses.replace(base, diff_ids=diff_ids, created=created, config=cc,
+        cfg = record_replace(base, diff_ids=diff_ids, created=created, config=cc,
                                   history=(*(base.history or ()), entry))
         layers = tuple(self.store.manifest(stage.image).layers) if stage.image is not None else ()
         if layer is not None:
@@ -412,13 +412,13 @@ class Builder:
             def change(cc: ContainerConfig) -> ContainerConfig:
                 env = {e.partition("=")[0]: e for e in (cc.env or ())}
                 env.update({k: f"{k}={val}" for k, val in kv})
-                return dataclasses.replace(cc, env=tuple(env.values()))
+                return record_replace(cc, env=tuple(env.values()))
         elif cmd == "LABEL":
             kv = pairs(ins.args, cmd, v, esc)
             text = "LABEL " + " ".join(f"{k}={val}" for k, val in kv)
 
             def change(cc: ContainerConfig) -> ContainerConfig:
-                return dataclasses.replace(cc, labels={**(cc.labels or {}), **dict(kv)})
+                return record_replace(cc, labels={**(cc.labels or {}), **dict(kv)})
         elif cmd == "MAINTAINER":
             text = f"MAINTAINER {ins.args}"
 
@@ -434,27 +434,27 @@ class Builder:
             text = "EXPOSE " + " ".join(ports)
 
             def change(cc: ContainerConfig) -> ContainerConfig:
-                return dataclasses.replace(cc, exposed_ports=tuple(dict.fromkeys((*(cc.exposed_ports or ()),
+                return record_replace(cc, exposed_ports=tuple(dict.fromkeys((*(cc.exposed_ports or ()),
                                                                                    *ports))))
         elif cmd == "USER":
             user = " ".join(words(ins.args, v, esc))
             text = f"USER {user}"
 
             def change(cc: ContainerConfig) -> ContainerConfig:
-                return dataclasses.replace(cc, user=user)
+                return record_replace(cc, user=user)
         elif cmd == "VOLUME":
             vols = ins.json if ins.json is not None else words(ins.args, v, esc)
             vols = [expand(x, v, esc) for x in vols] if ins.json is not None else vols
             text = "VOLUME " + json.dumps(vols)
 
             def change(cc: ContainerConfig) -> ContainerConfig:
-                return dataclasses.replace(cc, volumes=tuple(dict.fromkeys((*(cc.volumes or ()), *vols))))
+                return record_replace(cc, volumes=tuple(dict.fromkeys((*(cc.volumes or ()), *vols))))
         elif cmd == "STOPSIGNAL":
             sig = " ".join(words(ins.args, v, esc))
             text = f"STOPSIGNAL {sig}"
 
             def change(cc: ContainerConfig) -> ContainerConfig:
-                return dataclasses.replace(cc, stop_signal=sig)
+                return record_replace(cc, stop_signal=sig)
         elif cmd in ("CMD", "ENTRYPOINT"):
             argv = self._command(stage, ins) if (ins.json is not None or ins.args) else ()
             text = f"{cmd} {json.dumps(list(argv))}"
@@ -462,31 +462,31 @@ class Builder:
                 stage.cmd_set = True
 
                 def change(cc: ContainerConfig) -> ContainerConfig:
-                    return dataclasses.replace(cc, cmd=argv or None)
+                    return record_replace(cc, cmd=argv or None)
             else:
                 reset = not stage.cmd_set
 
                 def change(cc: ContainerConfig) -> ContainerConfig:
-                    return dataclasses.replace(cc, entrypoint=argv or None, cmd=None if reset else cc.cmd)
+                    return record_replace(cc, entrypoint=argv or None, cmd=None if reset else cc.cmd)
         elif cmd == "SHELL":
             assert ins.json is not None
             shell = tuple(ins.json)
             text = f"SHELL {json.dumps(list(shell))}"
 
             def change(cc: ContainerConfig) -> ContainerConfig:
-                return dataclasses.replace(cc, shell=shell)
+                return record_replace(cc, shell=shell)
         elif cmd == "ONBUILD":
             trigger = ins.args
             text = f"ONBUILD {trigger}"
 
             def change(cc: ContainerConfig) -> ContainerConfig:
-                return dataclasses.replace(cc, on_build=(*(cc.on_build or ()), trigger))
+                return record_replace(cc, on_build=(*(cc.on_build or ()), trigger))
         elif cmd == "HEALTHCHECK":
             health = self._healthcheck(stage, ins)
             text = f"HEALTHCHECK {json.dumps(health, sort_keys=True)}"
 
             def change(cc: ContainerConfig) -> ContainerConfig:
-                return dataclasses.replace(cc, healthcheck=health)
+                return record_replace(cc, healthcheck=health)
         else:  # pragma: no cover - the parser admits only known instructions
             raise syntax_error(ins.line, f"unknown instruction: {cmd}")
         return self._config_step(stage, text, change)
@@ -654,7 +654,7 @@ class Builder:
                 missing.append(sub)
 
         def change(c: ContainerConfig) -> ContainerConfig:
-            return dataclasses.replace(c, working_dir=path)
+            return record_replace(c, working_dir=path)
 
         if not missing:
             return self._config_step(stage, text, change)
@@ -671,7 +671,7 @@ class Builder:
                     tf.addfile(ti)
 
         assert stage.config is not None
-        stage.config = dataclasses.replace(stage.config, config=change(cc))
+        stage.config = record_replace(stage.config, config=change(cc))
         self.cache_miss_layer(stage, key, text, write)
         return False
 

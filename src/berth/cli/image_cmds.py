@@ -8,7 +8,6 @@ one plain line per change of a blob's state otherwise, as Docker does when its o
 from __future__ import annotations
 
 import sys
-import threading
 
 from berth.cli.flags import Flag, parse
 from berth.errors import InvalidArgument
@@ -32,6 +31,8 @@ class _PlainProgress:
     """One line per blob and state change (``abc123def456: Downloading``), for pipes and logs."""
 
     def __init__(self, done_word: str) -> None:
+        import threading  # progress callbacks come from the pull's worker threads
+
         self._lock = threading.Lock()
         self._seen: dict[str, str] = {}
         self._done_word = done_word
@@ -64,6 +65,8 @@ class _BarProgress:
 
         self._bars = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                               TransferSpeedColumn(), transient=False)
+        import threading
+
         self._lock = threading.Lock()
         self._tasks: dict[str, Any] = {}
         self._done_word = done_word

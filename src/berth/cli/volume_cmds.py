@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from berth.cli.flags import Flag, parse
 from berth.errors import BerthError, InvalidArgument
 
@@ -67,6 +65,8 @@ class VolumeCommands:
         if opts.get("format"):
             self.out("".join(fmt.render(opts["format"], v) + "\n" for v in found))
         else:
+            import json
+
             self.out(json.dumps(found, indent=4) + "\n")
         return 0
 

@@ -36,12 +36,12 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from berth.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
 from berth.oci.digest import ALGORITHMS, Digest, Digester
+from berth.record import record
 
 _CHUNK = 1 << 20
 _POLL = 0.02
@@ -49,7 +49,7 @@ _POLL = 0.02
 DEFAULT_INGEST_MAX_AGE = 24 * 3600.0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BlobInfo:
     digest: Digest
     size: int
@@ -57,7 +57,7 @@ class BlobInfo:
     committed_at: float
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class IngestStatus:
     ref: str
     offset: int
@@ -67,7 +67,7 @@ class IngestStatus:
     updated_at: float
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Usage:
     blob_count: int
     blob_bytes: int

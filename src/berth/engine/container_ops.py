@@ -430,7 +430,6 @@ class ContainerOps:
         """A new image: the container's image plus one layer of its changes, with the container's
         command and environment as defaults, ``changes`` (Dockerfile CMD, ENTRYPOINT, ENV, WORKDIR,
         USER, LABEL, EXPOSE, STOPSIGNAL) applied, and a history entry appended."""
-        import dataclasses
         import tempfile
 
         from berth.images.archive import _ingest
@@ -442,6 +441,7 @@ class ContainerOps:
             History,
             Manifest,
         )
+        from berth.record import replace as record_replace
 
         c = self.get(ref)
         store = self.image_store
@@ -454,11 +454,11 @@ class ContainerOps:
         base_manifest = store.manifest(base)
         cc = base_cfg.config or ContainerConfig()
         if c.config.get("command"):
-            cc = dataclasses.replace(cc, cmd=tuple(c.config["command"]))
+            cc = record_replace(cc, cmd=tuple(c.config["command"]))
         if c.config.get("env"):
             merged = {e.partition("=")[0]: e for e in (cc.env or ())}
             merged.update({e.partition("=")[0]: e for e in c.config["env"]})
-            cc = dataclasses.replace(cc, env=tuple(merged.values()))
+            cc = record_replace(cc, env=tuple(merged.values()))
         for change in changes or []:
             cc = _apply_change(cc, change)
         paused = False
@@ -481,7 +481,7 @@ class ContainerOps:
         command = " ".join(c.config.get("command") or [])
         history = (*(base_cfg.history or ()), History(created=created, author=author,
                                                       created_by=command or None, comment=message))
-        new_cfg = dataclasses.replace(base_cfg, diff_ids=(*base_cfg.diff_ids, result.diff_id), created=created,
+        new_cfg = record_replace(base_cfg, diff_ids=(*base_cfg.diff_ids, result.diff_id), created=created,
                                       config=cc, history=history, author=author or base_cfg.author)
         with store.lease():
             config_bytes = new_cfg.to_json()
@@ -583,9 +583,10 @@ def _rfc3339(t: float) -> str:
 
 def _apply_change(cc: Any, change: str) -> Any:
     """One ``commit -c`` instruction (Dockerfile syntax) applied to a ContainerConfig."""
-    import dataclasses
     import json
     import shlex
+
+    from berth.record import replace as record_replace
 
     word, _, arg = change.strip().partition(" ")
     word, arg = word.upper(), arg.strip()
@@ -601,15 +602,15 @@ def _apply_change(cc: Any, change: str) -> Any:
         return ("/bin/sh", "-c", arg)
 
     if word == "CMD":
-        return dataclasses.replace(cc, cmd=command())
+        return record_replace(cc, cmd=command())
     if word == "ENTRYPOINT":
-        return dataclasses.replace(cc, entrypoint=command())
+        return record_replace(cc, entrypoint=command())
     if word == "WORKDIR":
-        return dataclasses.replace(cc, working_dir=arg)
+        return record_replace(cc, working_dir=arg)
     if word == "USER":
-        return dataclasses.replace(cc, user=arg)
+        return record_replace(cc, user=arg)
     if word == "STOPSIGNAL":
-        return dataclasses.replace(cc, stop_signal=arg)
+        return record_replace(cc, stop_signal=arg)
     if word in ("ENV", "LABEL"):
         parts = shlex.split(arg)
         if len(parts) >= 2 and "=" not in parts[0]:
@@ -619,11 +620,11 @@ def _apply_change(cc: Any, change: str) -> Any:
         if word == "ENV":
             merged = {e.partition("=")[0]: e for e in (cc.env or ())}
             merged.update({k: f"{k}={v}" for k, v in pairs})
-            return dataclasses.replace(cc, env=tuple(merged.values()))
-        return dataclasses.replace(cc, labels={**(cc.labels or {}), **dict(pairs)})
+            return record_replace(cc, env=tuple(merged.values()))
+        return record_replace(cc, labels={**(cc.labels or {}), **dict(pairs)})
     if word == "EXPOSE":
         ports = [p if "/" in p else p + "/tcp" for p in arg.split()]
-        return dataclasses.replace(cc, exposed_ports=tuple(dict.fromkeys([*(cc.exposed_ports or ()), *ports])))
+        return record_replace(cc, exposed_ports=tuple(dict.fromkeys([*(cc.exposed_ports or ()), *ports])))
     raise InvalidArgument(f"invalid --change {change!r}: CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL, EXPOSE "
                           "and STOPSIGNAL can be changed")
 

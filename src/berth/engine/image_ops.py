@@ -4,9 +4,9 @@ login), as a mixin so the Engine class stays readable."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 from berth.errors import InvalidArgument, NotFound
+from berth.record import field, record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from berth.registry.push import PushResult
 
 
-@dataclass
+@record
 class PruneReport:
     """What ``image prune`` did: names untagged, image IDs deleted, bytes of disk given back."""
 
@@ -29,7 +29,7 @@ class PruneReport:
     reclaimed: int = 0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DiskUsageRow:
     """One line of ``system df``: TYPE TOTAL ACTIVE SIZE RECLAIMABLE."""
 

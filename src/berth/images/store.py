@@ -31,7 +31,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ from berth.oci.image import (
     parse_manifest,
 )
 from berth.oci.reference import Reference
+from berth.record import field, record
 from berth.snapshots import Mount, Snapshotter, open_snapshotter
 from berth.sqlitedb import write
 
@@ -86,7 +86,7 @@ EXTRACT_PREFIX = "extract-"
 STALE_EXTRACT_SECONDS = 3600.0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Image:
     id: Digest
     names: tuple[str, ...]
@@ -117,7 +117,7 @@ class Image:
         return [Reference.parse(n) for n in self.names]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RemoveResult:
     untagged: list[str] = field(default_factory=list)
     deleted: list[Digest] = field(default_factory=list)

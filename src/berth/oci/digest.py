@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
 from typing import BinaryIO
 
 from berth.errors import InvalidArgument, Unsupported
+from berth.record import record
 
 SHA256 = "sha256"
 SHA512 = "sha512"
@@ -29,7 +29,7 @@ _HEX = re.compile(r"[a-f0-9]+")
 _CHUNK = 1 << 20
 
 
-@dataclass(frozen=True, order=True)
+@record(frozen=True, order=True)
 class Digest:
     """A validated digest: ``Digest("sha256", "<64 hex>")``, printed as ``sha256:<hex>``."""
 

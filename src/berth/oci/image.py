@@ -20,11 +20,11 @@ import os
 import platform as _platform
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 from berth.errors import InvalidArgument, NotFound, Unsupported
 from berth.oci.digest import Digest
+from berth.record import field, record, replace
 
 # --- media types ------------------------------------------------------------------------------------
 
@@ -366,7 +366,7 @@ def _host_platform() -> Platform:
     return Platform(os_name, arch, variant or None)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Platform:
     """What an image needs to run: os/architecture[/variant], as in an index entry or a config."""
 
@@ -465,7 +465,7 @@ class Platform:
 # --- descriptors -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Descriptor:
     """A typed, sized, content-addressed pointer (descriptor.md)."""
 
@@ -567,7 +567,7 @@ def _check_document_type(f: _Fields, expected: frozenset[str], kind: str) -> str
 # --- manifests and indexes ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Manifest:
     """An image manifest: one config and ordered layers (OCI, or Docker v2 schema 2)."""
 
@@ -616,7 +616,7 @@ class Manifest:
         return [self.config, *self.layers]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Index:
     """An image index (OCI) or manifest list (Docker): manifests for several platforms."""
 
@@ -706,7 +706,7 @@ def select_platform(index: Index, platform: Platform | None = None) -> Descripto
 # --- image configuration -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ContainerConfig:
     """The ``config`` section of an image config: the defaults a container starts with."""
 
@@ -771,7 +771,7 @@ class ContainerConfig:
         return doc
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class History:
     created: str | None = None
     author: str | None = None
@@ -799,7 +799,7 @@ class History:
         return doc
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ImageConfig:
     """The image configuration (config.md): platform, run defaults, the layers' diff ids, history."""
 

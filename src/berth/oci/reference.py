@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
 
 from berth.errors import InvalidArgument, Unsupported
 from berth.oci.digest import Digest
+from berth.record import record
 
 DEFAULT_DOMAIN = "docker.io"
 LEGACY_DEFAULT_DOMAIN = "index.docker.io"
@@ -43,7 +43,7 @@ _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _IMAGE_ID = re.compile(r"[a-f0-9]{64}")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Reference:
     """A normalised image reference: ``domain``/``path`` with an optional ``tag`` and ``digest``."""
 

@@ -34,11 +34,11 @@ import stat
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from berth.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
+from berth.record import field, record
 from berth.sqlitedb import write
 
 ACTIVE = "active"
@@ -61,7 +61,7 @@ CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent);
 """
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Mount:
     """One mount the caller performs: ``mount -t <type> <source> -o <options>``.
 
@@ -100,7 +100,7 @@ class Mount:
         return doc
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Info:
     key: str
     kind: str
@@ -112,7 +112,7 @@ class Info:
     id: int = 0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Usage:
     """Disk use of one snapshot's own tree (not its parents'): bytes allocated and inodes."""
 
