@@ -132,3 +132,15 @@ def test_cli_logs_since_and_tail(berth) -> None:  # type: ignore[no-untyped-def]
     assert berth("logs", "--tail", "1", cid).stdout == "late\n"
     assert berth("logs", "--since", "yesterday", cid).returncode == 125
     berth("rm", cid)
+
+
+def test_cli_events(berth) -> None:  # type: ignore[no-untyped-def]
+    cid = berth("run", "-d", "--name", "evt", IMAGE, "sh", "-c", "exit 3").stdout.strip()
+    assert berth("wait", "evt").stdout.strip() == "3"
+    berth("rm", "evt")
+    res = berth("events", "--since", "1m", "--until", "0s", "--filter", "container=evt")
+    actions = [line.split()[2] for line in res.stdout.splitlines()]
+    assert actions == ["create", "start", "die", "destroy"]
+    assert f"{cid} (exitCode=3, image={IMAGE}, name=evt)" in res.stdout
+    assert berth("events", "--since", "1m", "--until", "0s", "--filter", "event=die",
+                 "--format", "{{.Status}} {{.Actor.Attributes.name}}").stdout.splitlines()[-1] == "die evt"

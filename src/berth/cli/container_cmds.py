@@ -57,6 +57,40 @@ class ContainerCommands:
             raise InvalidArgument(f"unknown command: \"berth container {argv[0]}\"\nSee 'berth container --help'.")
         return int(handler(argv[1:]))
 
+    def cmd_events(self, argv: list[str]) -> int:
+        """Docker's ``events``: past events with --since/--until, then new ones as they happen
+        (until --until, or for ever)."""
+        import time
+
+        from berth.cli import format as fmt
+        from berth.cli.main import _since
+
+        opts, rest = parse(argv, [Flag("since", "since", True), Flag("until", "until", True),
+                                  Flag("filter,f", "filter", True, True), Flag("format", "format", True)], "events")
+        if rest:
+            raise InvalidArgument('"berth events" accepts no arguments')
+        since = _parse_stamp(_since(opts["since"])) if opts.get("since") else time.time()
+        until = _parse_stamp(_since(opts["until"])) if opts.get("until") else None
+        filters = [f.partition("=")[::2] for f in opts.get("filter", [])]
+        for event in self.engine.events(since, until, follow=True):
+            attrs = event["Actor"]["Attributes"]
+            fields = {"type": event["Type"], "event": event["Action"], "container": event["Actor"]["ID"],
+                      "name": attrs.get("name", ""), "image": attrs.get("image", "")}
+            if not all(fields.get(k) == v or (k == "container" and fields["name"] == v) for k, v in filters):
+                continue
+            if opts.get("format"):
+                text = fmt.render_rows([{**event, "Status": event["Action"], "ID": event["Actor"]["ID"]}],
+                                       opts["format"]) or ""
+                self.out(text)
+            else:
+                from berth.monitor.logfile import timestamp
+
+                details = ", ".join(f"{k}={v}" for k, v in sorted(attrs.items()))
+                self.out(f"{timestamp(event['timeNano'] / 1e9)} {event['Type']} {event['Action']} "
+                         f"{event['Actor']['ID']} ({details})\n")
+            sys.stdout.flush()
+        return 0
+
     def cmd_exec(self, argv: list[str]) -> int:
         opts, rest = parse(argv, EXEC_FLAGS, "exec", positionals_end_flags=1)
         if opts.get("help"):
@@ -254,3 +288,13 @@ def _split_container_path(arg: str) -> tuple[str | None, str]:
     if not colon or "/" in name or not name:
         return None, arg
     return name, path
+
+
+def _parse_stamp(stamp: str) -> float:
+    """A log-style UTC timestamp back to unix seconds."""
+    import calendar
+    import time
+
+    base, _, frac = stamp.rstrip("Z").partition(".")
+    return calendar.timegm(time.strptime(base[:19], "%Y-%m-%dT%H:%M:%S")) + float("0." + (frac or "0"))
+

@@ -35,7 +35,7 @@ Options:
 
 Commands:
   run, create, start, stop, kill, rm, ps, logs, wait, inspect   containers
-  exec, top, stats, pause, unpause, rename, update, port,
+  exec, top, stats, pause, unpause, rename, update, port, events,
   diff, export, commit, cp, container prune|ls|...
   images, pull, push, import, rmi, tag, history, save, load    images
   image ls|inspect|prune|rm|tag|pull|push|save|load|history

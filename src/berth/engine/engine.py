@@ -150,6 +150,22 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def _events_path(self) -> str:
+        return os.path.join(self.root, "events.log")
+
+    def _event(self, action: str, cid: str, **attributes: Any) -> None:
+        from berth import events
+
+        events.record(self._events_path, "container", action, cid, **attributes)
+
+    def events(self, since: float = 0.0, until: float | None = None, follow: bool = False) -> Iterator[dict[str, Any]]:
+        """Container events (create, start, die, kill, stop, destroy) from ``since`` (unix time)."""
+        from berth import events
+
+        return events.read(self._events_path, int(since * 1e9), None if until is None else int(until * 1e9),
+                           follow=(lambda: True) if follow else None)
+
     def _state_dir(self, cid: str) -> str:
         return os.path.join(self.runroot, "containers", cid)
 
@@ -287,6 +303,7 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
         except BaseException:
             self._cleanup(cid)
             raise
+        self._event("create", cid, name=name, image=image)
         return self.get(cid)
 
     def start(self, ref: str) -> Container:
@@ -313,6 +330,7 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
             "log_max_size": _log_size(opts), "log_max_files": int((opts.get("log_opts") or {}).get("max-file", 3)),
             "terminal": bool(opts.get("tty")), "restart": {"name": restart_name, "max": restart_max},
             "cgroup": f"/berth/{c.id}",
+            "events": {"path": self._events_path, "name": c.name, "image": c.image},
         }
         if opts.get("health"):
             monitor_cfg["health"] = opts["health"]
@@ -325,6 +343,7 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
 
         self.db.update_state(c.id, status="running", pid=pid, pid_start=proc_start_time(pid) or 0,
                              started_at=time.time(), exit_code=0, error="", stopped_by_user=0)
+        self._event("start", c.id, name=c.name, image=c.image)
         return self.get(c.id)
 
     def run(self, image: str, command: list[str] | None = None, **opts: Any) -> Container:
@@ -372,6 +391,7 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
             lifecycle.start(self.runtime_argv("berth")[2], c.id)
         else:
             self._runtime(c, "start", c.id)
+        self._event("start", c.id, name=c.name, image=c.image)
         from berth.runtime.lifecycle import wait_exit
 
         if master is not None:
@@ -393,6 +413,7 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
         self._delete_runtime_container(c)
         self.db.update_state(c.id, status="exited", pid=0, exit_code=code, finished_at=time.time(),
                              oom_killed=int(oom))
+        self._event("die", c.id, name=c.name, image=c.image, exitCode=str(code))
         return code
 
     def _create_attached(self, c: Container, console_socket: str | None) -> int:
@@ -473,6 +494,7 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
         if not c.running:
             raise Conflict(f"container {c.name} is not running")
         self._runtime(c, "kill", c.id, signal)
+        self._event("kill", c.id, name=c.name, image=c.image, signal=signal)
 
     def stop(self, ref: str, timeout: float | None = None) -> Container:
         c = self.get(ref)
@@ -495,6 +517,7 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
             except BerthError:
                 pass
             self.wait(c.id, 10)
+        self._event("stop", c.id, name=c.name, image=c.image)
         return self.get(c.id)
 
     def remove(self, ref: str, force: bool = False) -> None:
@@ -513,6 +536,7 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
                 pass
         self._delete_runtime_container(c)
         self._cleanup(c.id)
+        self._event("destroy", c.id, name=c.name, image=c.image)
 
     def _cleanup(self, cid: str) -> None:
         import shutil

@@ -237,6 +237,14 @@ class Monitor:
 
     # ------------------------------------------------------------------ exit and restart
 
+    def _event(self, action: str, **attributes: str) -> None:
+        ev = self.cfg.get("events")
+        if ev:
+            from berth import events
+
+            events.record(ev["path"], "container", action, self.id, name=ev.get("name", ""),
+                          image=ev.get("image", ""), **attributes)
+
     def oom_killed(self) -> bool:
         try:
             from berth.kernel.cgroups import open_cgroup
@@ -283,6 +291,9 @@ class Monitor:
             self._runtime("delete", "--force", self.id)
             _write_json(self._path("exit.json"), {"exitCode": code, "finishedAt": timestamp(),
                                                   "oomKilled": oom, "restartCount": self.restarts})
+            if oom:
+                self._event("oom")
+            self._event("die", exitCode=str(code))
             if not self.should_restart(code):
                 self.log.close()
                 return 0
