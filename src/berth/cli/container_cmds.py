@@ -100,13 +100,9 @@ class ContainerCommands:
             raise InvalidArgument('"berth exec" requires at least 2 arguments: the container and the command')
         if opts.get("privileged"):
             raise Unsupported("exec --privileged is not supported yet")
-        env = list(opts.get("env", []))
-        for path in opts.get("env_file", []):
-            try:
-                with open(path) as f:
-                    env += [line.strip() for line in f if line.strip() and not line.startswith("#")]
-            except OSError as e:
-                raise InvalidArgument(f"--env-file {path}: {e.strerror}") from None
+        from berth.cli.main import environment
+
+        env = environment(opts)
         return self.engine.exec(rest[0], rest[1:], interactive=bool(opts.get("interactive")),
                                 tty=bool(opts.get("tty")), detach=bool(opts.get("detach")), env=env,
                                 user=opts.get("user"), workdir=opts.get("workdir"))

@@ -83,6 +83,18 @@ def _duration(text: str, flag: str) -> float:
         raise InvalidArgument(f"invalid {flag} {text!r}: expected a duration like 30s") from None
 
 
+def environment(opts: dict[str, Any]) -> list[str]:
+    """-e/--env values, then the lines of each --env-file (blank lines and # comments skipped)."""
+    env = list(opts.get("env", []))
+    for path in opts.get("env_file", []):
+        try:
+            with open(path) as f:
+                env += [line.strip() for line in f if line.strip() and not line.startswith("#")]
+        except OSError as e:
+            raise InvalidArgument(f"--env-file {path}: {e.strerror}") from None
+    return env
+
+
 def run_options(opts: dict[str, Any]) -> dict[str, Any]:
     """Flags → the Engine's keyword options."""
     out: dict[str, Any] = {}
@@ -92,13 +104,7 @@ def run_options(opts: dict[str, Any]) -> dict[str, Any]:
                 "runtime", "publish", "publish_all", "ip", "aliases", "dns", "dns_search", "add_hosts"):
         if key in opts:
             out[key] = opts[key]
-    env = list(opts.get("env", []))
-    for path in opts.get("env_file", []):
-        try:
-            with open(path) as f:
-                env += [line.strip() for line in f if line.strip() and not line.startswith("#")]
-        except OSError as e:
-            raise InvalidArgument(f"--env-file {path}: {e.strerror}") from None
+    env = environment(opts)
     if env:
         out["env"] = env
     if opts.get("label"):

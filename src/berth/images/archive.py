@@ -35,6 +35,7 @@ from typing import IO, Any, BinaryIO, Protocol
 
 from berth.content import ContentStore
 from berth.errors import AlreadyExists, InvalidArgument, NotFound
+from berth.fsutil import atomic_file
 from berth.images.layer import clean_name, decompressed, detect_compression
 from berth.images.store import Image, ImageStore
 from berth.kernel.syscalls import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2
@@ -537,7 +538,7 @@ def save(store: ImageStore, refs: Sequence[str | Digest | Image], dest: str | os
         return
     with contextlib.ExitStack() as stack:
         if isinstance(dest, (str, os.PathLike)):
-            out: Any = stack.enter_context(_atomic_file(Path(dest)))
+            out: Any = stack.enter_context(atomic_file(Path(dest)))
         else:
             out = dest
         writer = _TarWriter(out)
@@ -556,21 +557,6 @@ def _names_for(ref: str, image: Image) -> list[str]:
     if parsed.digest is None and str(parsed) in image.names:
         return [str(parsed)]
     return []
-
-
-@contextlib.contextmanager
-def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 class _Writer(Protocol):

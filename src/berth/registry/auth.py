@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -265,25 +264,11 @@ def logout(registry: str, *, path: Path | None = None) -> bool:
 
 
 def _write_atomic(path: Path, doc: dict[str, Any]) -> None:
+    from berth.fsutil import atomic_file
+
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".auth-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), 0o600)
-            json.dump(doc, f, indent="\t")
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_file(path, 0o600) as f:
+        f.write((json.dumps(doc, indent="\t") + "\n").encode())
 
 
 # --- WWW-Authenticate -------------------------------------------------------------------------------
