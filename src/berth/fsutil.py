@@ -35,3 +35,21 @@ def atomic_file(path: str | Path, mode: int = 0o644) -> Iterator[IO[bytes]]:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | None) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (created if missing) for the block; None locks nothing.
+    How daemonless berth processes serialise work on one shared object (a network, a table)."""
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

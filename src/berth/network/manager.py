@@ -22,11 +22,10 @@ Locks are ``flock`` files under the run directory (tmpfs), so they vanish with a
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
@@ -100,16 +99,10 @@ class Networks:
             self._firewall = firewall(self.settings.table, lock, self.settings.firewall)
         return self._firewall
 
-    @contextmanager
-    def _lock(self, network: str) -> Iterator[None]:
-        path = os.path.join(self.settings.run_dir, "locks", f"net-{network}.lock")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def _lock(self, network: str) -> AbstractContextManager[None]:
+        from berth.fsutil import file_lock
+
+        return file_lock(os.path.join(self.settings.run_dir, "locks", f"net-{network}.lock"))
 
     # -- networks ---------------------------------------------------------------------------------
 

@@ -29,19 +29,19 @@ Where the ``nft`` command is absent, the same rules go through ``iptables`` (``I
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shlex
 import shutil
 import subprocess
-from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
 
 from berth.errors import BerthError, Unsupported
+from berth.fsutil import file_lock
 from berth.network.ipam import Network
 from berth.network.ports import PortMapping
 
@@ -67,19 +67,20 @@ class Rule:
         return self.comment[len(COMMENT_NET) :] if self.comment.startswith(COMMENT_NET) else None
 
 
-@contextmanager
-def _flock(path: str | None) -> Iterator[None]:
-    """Network set-up and tear-down (which may delete the table) are serialised across processes."""
-    if path is None:
-        yield
-        return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+class _Firewall:
+    """What both backends share: finding a network's rules by their comment."""
+
+    def rules(self) -> list[Rule]:
+        raise NotImplementedError
+
+    def has_network(self, net: Network) -> bool:
+        return any(r.comment == network_comment(net) for r in self.rules())
+
+    def _network_rules(self, net: Network | str) -> tuple[list[Rule], list[Rule]]:
+        """(the network's rules, every other rule)."""
+        comment = network_comment(net) if isinstance(net, Network) else f"{COMMENT_NET}{net}"
+        rules = self.rules()
+        return [r for r in rules if r.comment == comment], [r for r in rules if r.comment != comment]
 
 
 def _quote(comment: str) -> str:
@@ -96,7 +97,7 @@ def container_comment(container_id: str, bridge: str) -> str:
     return f"{COMMENT_CTR}{container_id}:{bridge}"
 
 
-class NftFirewall:
+class NftFirewall(_Firewall):
     """berth's table, driven through the ``nft`` command (text in, JSON out)."""
 
     def __init__(self, table: str = "berth", lock_path: str | None = None, nft: str | None = None) -> None:
@@ -126,7 +127,7 @@ class NftFirewall:
         return [item for item in json.loads(proc.stdout).get("nftables", []) if isinstance(item, dict)]
 
     def _locked(self) -> AbstractContextManager[None]:
-        return _flock(self.lock_path)
+        return file_lock(self.lock_path)
 
     def exists(self) -> bool:
         return bool(self._list())
@@ -188,16 +189,10 @@ class NftFirewall:
             old = [r for r in self.rules() if r.comment == network_comment(net)]
             self._apply("\n".join([*self._base(), *self._delete(old), *self.network_rules(net)]) + "\n")
 
-    def has_network(self, net: Network) -> bool:
-        return any(r.comment == network_comment(net) for r in self.rules())
-
     def remove_network(self, net: Network | str) -> None:
         """Delete the network's rules; the table goes too once no network has rules in it."""
-        comment = network_comment(net) if isinstance(net, Network) else f"{COMMENT_NET}{net}"
         with self._locked():
-            rules = self.rules()
-            mine = [r for r in rules if r.comment == comment]
-            rest = [r for r in rules if r.comment != comment]
+            mine, rest = self._network_rules(net)
             if not rest:
                 if self.exists():
                     self._apply(f"delete table {self.t}\n")
@@ -231,7 +226,7 @@ class NftFirewall:
         return len(wanted)
 
 
-class IptablesFirewall:
+class IptablesFirewall(_Firewall):
     """The same rules through ``iptables`` (the nf_tables flavour where it exists; legacy works too),
     for hosts without the ``nft`` command. Chains ``BERTH-*`` in the filter, nat and raw tables are
     jumped to from the built-in ones; every change is one ``iptables-restore --noflush`` per table,
@@ -259,7 +254,7 @@ class IptablesFirewall:
         self.lock_path = lock_path
 
     def _locked(self) -> AbstractContextManager[None]:
-        return _flock(self.lock_path)
+        return file_lock(self.lock_path)
 
     def _dump(self, table: str) -> list[str]:
         proc = subprocess.run([self.save, "-t", table], capture_output=True, text=True, check=False)
@@ -360,15 +355,9 @@ class IptablesFirewall:
                 scripts.setdefault(table, []).extend(lines)
             self._apply(scripts)
 
-    def has_network(self, net: Network) -> bool:
-        return any(r.comment == network_comment(net) for r in self.rules())
-
     def remove_network(self, net: Network | str) -> None:
-        comment = network_comment(net) if isinstance(net, Network) else f"{COMMENT_NET}{net}"
         with self._locked():
-            rules = self.rules()
-            mine = [r for r in rules if r.comment == comment]
-            rest = [r for r in rules if r.comment != comment]
+            mine, rest = self._network_rules(net)
             if rest:
                 self._apply(self._deletes(mine))
                 return
