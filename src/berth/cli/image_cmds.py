@@ -27,26 +27,38 @@ def _short(digest: object) -> str:
     return str(digest).partition(":")[2][:12]
 
 
-class _PlainProgress:
-    """One line per blob and state change (``abc123def456: Downloading``), for pipes and logs."""
+class _Progress:
+    """What both renderings share: a lock (callbacks come from the pull's worker threads), whether
+    bytes really moved, and the word for each state."""
 
     def __init__(self, done_word: str) -> None:
-        import threading  # progress callbacks come from the pull's worker threads
+        import threading
 
         self._lock = threading.Lock()
-        self._seen: dict[str, str] = {}
         self._done_word = done_word
         self.transferred = False
 
+    def _note(self, p: Progress) -> tuple[str, str]:
+        """Record the event; return the blob's short id and the word for its state (under the lock)."""
+        if p.status in ("downloading", "uploading"):
+            self.transferred = True
+        word = self._done_word if p.status == "done" else _STATUS_WORDS.get(p.status, p.status)
+        return _short(p.digest), word
+
+
+class _PlainProgress(_Progress):
+    """One line per blob and state change (``abc123def456: Downloading``), for pipes and logs."""
+
+    def __init__(self, done_word: str) -> None:
+        super().__init__(done_word)
+        self._seen: dict[str, str] = {}
+
     def __call__(self, p: Progress) -> None:
         with self._lock:
-            if p.status in ("downloading", "uploading"):
-                self.transferred = True
-            key = _short(p.digest)
+            key, word = self._note(p)
             if self._seen.get(key) == p.status:
                 return
             self._seen[key] = p.status
-            word = self._done_word if p.status == "done" else _STATUS_WORDS.get(p.status, p.status)
             sys.stdout.write(f"{key}: {word}\n")
             sys.stdout.flush()
 
@@ -57,27 +69,20 @@ class _PlainProgress:
         pass
 
 
-class _BarProgress:
+class _BarProgress(_Progress):
     """Per-blob progress bars with ``rich`` (a terminal only)."""
 
     def __init__(self, done_word: str) -> None:
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+        super().__init__(done_word)
         self._bars = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                               TransferSpeedColumn(), transient=False)
-        import threading
-
-        self._lock = threading.Lock()
         self._tasks: dict[str, Any] = {}
-        self._done_word = done_word
-        self.transferred = False
 
     def __call__(self, p: Progress) -> None:
         with self._lock:
-            if p.status in ("downloading", "uploading"):
-                self.transferred = True
-            key = _short(p.digest)
-            word = self._done_word if p.status == "done" else _STATUS_WORDS.get(p.status, p.status)
+            key, word = self._note(p)
             task = self._tasks.get(key)
             if task is None:
                 task = self._tasks[key] = self._bars.add_task(f"{key}: {word}", total=p.total or None)
