@@ -280,3 +280,20 @@ def test_copy_snapshotter_when_overlay_is_not_wanted(tmp_path: Path) -> None:
     assert (tmp_path / "snaps/kind").read_text().strip() == "copy"
     with pytest.raises(InvalidArgument):
         open_snapshotter(tmp_path / "other", "zfs")
+
+
+@pytest.mark.root
+def test_new_root_opened_by_many_processes_at_once(tmp_path: Path) -> None:
+    """Sixteen processes opening one new snapshot root race to record its kind; none may fail."""
+    root = str(tmp_path / "snapshots")
+    pids = []
+    for _ in range(16):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                open_snapshotter(root, "auto").close()
+                os._exit(0)
+            except BaseException:
+                os._exit(1)
+        pids.append(pid)
+    assert [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids] == [0] * 16

@@ -45,8 +45,10 @@ def open_snapshotter(root: str | os.PathLike[str], kind: str = "auto") -> Snapsh
     else:
         raise InvalidArgument(f"unknown snapshotter {kind!r} (overlayfs, copy)")
     if not recorded:
-        tmp = marker + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(kind + "\n")
-        os.replace(tmp, marker)
+        # Several berth processes may open a new root at once: each writes its own temporary file
+        # (they all write the same kind, the same test having decided it).
+        from berth.fsutil import atomic_file
+
+        with atomic_file(marker) as f:
+            f.write((kind + "\n").encode())
     return snapshotter
