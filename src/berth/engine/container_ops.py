@@ -77,15 +77,11 @@ class ContainerOps:
         return doc
 
     def _write_oci_config(self, c: Container, doc: dict[str, Any]) -> None:
+        from berth.fsutil import atomic_file
         from berth.oci import jsonc
 
-        path = os.path.join(self._bundle_dir(c.id), "config.json")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(jsonc.dumps(doc))
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
+        with atomic_file(os.path.join(self._bundle_dir(c.id), "config.json"), 0o600) as f:
+            f.write(jsonc.dumps(doc).encode())
 
     def _rootfs(self, c: Container) -> str:
         """The container's merged filesystem on the host, mounted if it is not."""

@@ -91,13 +91,12 @@ class NetworkOps:
                                               dns_search=opts.get("dns_search") or ())
         bundle = self._bundle_dir(cid)
         os.makedirs(bundle, mode=0o700, exist_ok=True)
+        from berth.fsutil import atomic_file
+
         for key, dest in ETC_FILES:
             source = os.path.join(bundle, key)
-            tmp = source + ".tmp"
-            with open(tmp, "w") as f:
-                f.write(texts[key])
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, source)
+            with atomic_file(source, 0o644) as f:
+                f.write(texts[key].encode())
             if not any(m["destination"] == dest for m in spec["mounts"]):
                 spec["mounts"].append({"destination": dest, "type": "bind", "source": source,
                                        "options": ["rbind", "rprivate", "rw"]})
