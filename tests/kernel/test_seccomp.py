@@ -451,3 +451,62 @@ def test_install_validates_first() -> None:
         return seccomp_status()["Seccomp"]
 
     assert result(run_in_child(child)) == "0"
+
+
+# -- the compiled-filter cache ----------------------------------------------------------------------
+
+
+@pytest.mark.root
+def test_cache_compiles_once_and_the_cached_program_filters(tmp_path: Any) -> None:
+    cache = str(tmp_path / "cache")
+    profile = deny(["mkdir", "mkdirat"])
+    first = seccomp.prepare(profile, cache)
+    assert first.program and first.ctx is None
+    entries = os.listdir(cache)
+    assert len(entries) == 1 and entries[0].endswith(".bpf")
+    assert os.stat(os.path.join(cache, entries[0])).st_mode & 0o777 == 0o600
+    second = seccomp.prepare(profile, cache)
+    assert second.program == first.program
+
+    def child() -> list[int]:
+        seccomp.prepare(profile, cache).load()
+        return [mkdir_errno(str(tmp_path / "d")), oserrno(lambda: os.rmdir(str(tmp_path / "absent")))]
+
+    assert result(run_in_child(child)) == [errno.EPERM, errno.ENOENT]
+    # Another profile is another entry; flags and notify rules are never cached.
+    seccomp.prepare(deny(["rmdir"]), cache)
+    with_flags = {**profile, "flags": ["SECCOMP_FILTER_FLAG_LOG"]}
+    assert result(run_in_child(lambda: seccomp.prepare(with_flags, cache).program)) is None
+    assert len(os.listdir(cache)) == 2
+
+
+@pytest.mark.root
+def test_a_damaged_cache_entry_is_rebuilt(tmp_path: Any) -> None:
+    cache = str(tmp_path / "cache")
+    profile = deny(["mkdir", "mkdirat"])
+    good = seccomp.prepare(profile, cache).program
+    (entry,) = os.listdir(cache)
+    with open(os.path.join(cache, entry), "wb") as f:
+        f.write(b"\x00" * 13)  # not whole BPF instructions
+    assert seccomp.prepare(profile, cache).program == good
+
+    def child() -> int:
+        seccomp.prepare(profile, cache).load()
+        return mkdir_errno(str(tmp_path / "d"))
+
+    assert result(run_in_child(child)) == errno.EPERM
+
+
+@pytest.mark.root
+def test_cached_program_still_needs_no_new_privs_or_cap_sys_admin(tmp_path: Any) -> None:
+    cache = str(tmp_path / "cache")
+    seccomp.prepare(deny(["mkdir"]), cache)
+
+    def child() -> None:
+        prepared = seccomp.prepare(deny(["mkdir"]), cache)
+        now = caps.current()
+        caps.apply(now["effective"] - {caps.CAPS["CAP_SYS_ADMIN"]}, now["permitted"], now["inheritable"])
+        prepared.load()
+
+    out = run_in_child(child)
+    assert out["error"][0] == PermissionDenied.__name__

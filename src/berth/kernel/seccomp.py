@@ -282,6 +282,7 @@ class _Libseccomp:
             "seccomp_syscall_resolve_name": (c.c_int, [c.c_char_p]),
             "seccomp_rule_add_array": (c.c_int, [ctx, c.c_uint32, c.c_int, c.c_uint, c.POINTER(ArgCmp)]),
             "seccomp_load": (c.c_int, [ctx]),
+            "seccomp_export_bpf": (c.c_int, [ctx, c.c_int]),
             "seccomp_notify_fd": (c.c_int, [ctx]),
             "seccomp_api_get": (c.c_uint, []),
             "seccomp_version": (c.POINTER(Version), []),
@@ -384,33 +385,133 @@ def _build(lib: _Libseccomp, ctx: int, plan: _Plan) -> None:
                 raise cls(f'{rule.field}: libseccomp refused the rule for "{name}": {os.strerror(-rc)}')
 
 
-def install(seccomp: Any) -> int | None:
+class Filter:
+    """A filter ready to load: a compiled BPF program (from the cache, or exported once and cached),
+    or a libseccomp context when loading needs what only ``seccomp_load`` does (filter flags, a
+    notify listener). Preparing is the slow part (libseccomp lays out ~300 rules in ~10 ms), so the
+    runtime prepares while the host's filesystem is visible and its parent makes the cgroup, and
+    only loads right before exec."""
+
+    def __init__(self, program: bytes | None, ctx: Any = None, notify: bool = False) -> None:
+        self.program = program
+        self.ctx = ctx
+        self.notify = notify
+
+    def load(self) -> int | None:
+        """Load into the calling thread; the notify listener fd when a rule uses SCMP_ACT_NOTIFY."""
+        if self.program is not None:
+            from berth.kernel import syscalls as sc
+
+            try:
+                sc.seccomp_set_filter(self.program)
+            except OSError as e:
+                _load_error(-(e.errno or 0))
+            return None
+        fn = _lib().lib
+        try:
+            _load_error(fn.seccomp_load(self.ctx))
+            if not self.notify:
+                return None
+            fd = int(fn.seccomp_notify_fd(self.ctx))
+            if fd < 0:
+                raise BerthError(f"{FIELD}: no notify listener fd after loading: {os.strerror(-fd)}")
+            return fd
+        finally:
+            fn.seccomp_release(self.ctx)
+            self.ctx = None
+
+
+def _load_error(rc: int) -> None:
+    if rc == -_EACCES:
+        raise PermissionDenied(f"{FIELD}: loading a filter needs no_new_privs or CAP_SYS_ADMIN")
+    if rc in (-22, -_EOPNOTSUPP):  # EINVAL: a flag or action this kernel does not have
+        raise Unsupported(f"{FIELD}: the kernel refused the filter: {os.strerror(-rc)}")
+    if rc != 0:
+        raise BerthError(f"{FIELD}: loading the filter failed: {os.strerror(-rc)}")
+
+
+def prepare(seccomp: Any, cache_dir: str | None = None) -> Filter:
+    """Validate and compile ``seccomp``. With ``cache_dir``, a filter with neither flags nor notify
+    rules is compiled once per (profile, libseccomp version, kernel, machine): the BPF program is
+    kept there under the hash of those, so the next container with the same profile skips
+    libseccomp's rule layout and code generation entirely."""
+    plan = _parse(seccomp)
+    lib = _lib()
+    fn = lib.lib
+    path = None
+    if cache_dir and not plan.flags and not plan.notify:
+        from berth.oci import jsonc
+
+        uname = os.uname()
+        key = f"{lib.version}\0{uname.release}\0{uname.machine}\0{jsonc.dumps(seccomp)}"
+        path = os.path.join(cache_dir, _sha256_hex(key.encode()) + ".bpf")
+        try:
+            with open(path, "rb") as f:
+                program = f.read()
+            if program and len(program) % 8 == 0:
+                return Filter(program)
+        except OSError:
+            pass
+    ctx = fn.seccomp_init(plan.default)
+    if not ctx:
+        raise Unsupported(f"{FIELD}.defaultAction: not supported by this kernel and libseccomp {lib.version}")
+    try:
+        _build(lib, ctx, plan)
+        if path is None:
+            return Filter(None, ctx, plan.notify)
+        program = _export(fn, ctx)
+    except BaseException:
+        fn.seccomp_release(ctx)
+        raise
+    fn.seccomp_release(ctx)
+    _store(path, program)
+    return Filter(program)
+
+
+def _sha256_hex(data: bytes) -> str:
+    try:
+        from _sha256 import sha256  # type: ignore[import-not-found]  # hashlib loads OpenSSL: ~2 ms
+    except ImportError:
+        from hashlib import sha256
+    return sha256(data).hexdigest()
+
+
+def _export(fn: Any, ctx: Any) -> bytes:
+    """The BPF program libseccomp generates for ``ctx`` (what seccomp_load would load)."""
+    fd = os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC)
+    try:
+        rc = fn.seccomp_export_bpf(ctx, fd)
+        if rc < 0:
+            raise BerthError(f"{FIELD}: exporting the filter failed: {os.strerror(-rc)}")
+        size = os.lseek(fd, 0, os.SEEK_END)
+        return os.pread(fd, size, 0)
+    finally:
+        os.close(fd)
+
+
+def _store(path: str, program: bytes) -> None:
+    """Write the cache entry atomically; a cache that cannot be written only costs speed."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, program)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def install(seccomp: Any, cache_dir: str | None = None) -> int | None:
     """Validate, build and load the filter into the calling thread (all threads with TSYNC).
 
     Returns the seccomp notify listener fd when a rule uses SCMP_ACT_NOTIFY (the caller hands it
     to ``listenerPath``), else None. Raises PermissionDenied when the process has neither
     no_new_privs nor CAP_SYS_ADMIN.
     """
-    plan = _parse(seccomp)
-    lib = _lib()
-    fn = lib.lib
-    ctx = fn.seccomp_init(plan.default)
-    if not ctx:
-        raise Unsupported(f"{FIELD}.defaultAction: not supported by this kernel and libseccomp {lib.version}")
-    try:
-        _build(lib, ctx, plan)
-        rc = fn.seccomp_load(ctx)
-        if rc == -_EACCES:
-            raise PermissionDenied(f"{FIELD}: loading a filter needs no_new_privs or CAP_SYS_ADMIN")
-        if rc in (-22, -_EOPNOTSUPP):  # EINVAL: a flag or action this kernel does not have
-            raise Unsupported(f"{FIELD}: the kernel refused the filter: {os.strerror(-rc)}")
-        if rc != 0:
-            raise BerthError(f"{FIELD}: loading the filter failed: {os.strerror(-rc)}")
-        if not plan.notify:
-            return None
-        fd = int(fn.seccomp_notify_fd(ctx))
-        if fd < 0:
-            raise BerthError(f"{FIELD}: no notify listener fd after loading: {os.strerror(-fd)}")
-        return fd
-    finally:
-        fn.seccomp_release(ctx)
+    return prepare(seccomp, cache_dir).load()

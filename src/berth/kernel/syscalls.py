@@ -133,6 +133,23 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
     return _check(_libc().prctl(option, c(arg2), c(arg3), c(arg4), c(arg5)), "prctl")
 
 
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
+
+
+def seccomp_set_filter(program: bytes) -> None:
+    """Load a classic-BPF seccomp program (8-byte ``struct sock_filter`` entries) into this thread;
+    the kernel requires no_new_privs or CAP_SYS_ADMIN."""
+    insns = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(len(program) // 8, ctypes.addressof(insns))
+    c = ctypes.c_ulong
+    _check(_libc().prctl(_PR_SET_SECCOMP, c(_SECCOMP_MODE_FILTER), ctypes.byref(prog), c(0), c(0)), "prctl")
+
+
 def setdomainname(name: str) -> None:
     raw = name.encode()
     _check(_libc().setdomainname(raw, len(raw)), "setdomainname")

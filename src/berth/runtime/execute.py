@@ -68,7 +68,7 @@ def exec_process(root: str, cid: str, process: dict[str, Any], *, detach: bool =
         os.close(own_pidns)
     if pid == 0:
         parent.close()
-        _child(record.config, process, fds, child, console_fd, preserve_fds, cgroup)
+        _child(record.config, process, fds, child, console_fd, preserve_fds, cgroup, root)
     child.close()
     for fd, _ in fds:
         os.close(fd)
@@ -123,7 +123,7 @@ def _forwarding_signals(pid: int, wait: Any) -> int:
 
 
 def _child(spec: dict[str, Any], process: dict[str, Any], fds: list[tuple[int, int]], chan: Channel,
-           console_fd: int | None, preserve_fds: int, cgroup: Any) -> None:
+           console_fd: int | None, preserve_fds: int, cgroup: Any, state_root: str) -> None:
     try:
         proc.reset_signals()
         proc.set_dumpable(False)
@@ -131,7 +131,7 @@ def _child(spec: dict[str, Any], process: dict[str, Any], fds: list[tuple[int, i
         if console_fd is not None:
             keep.add(console_fd)
         proc.close_fds(preserve_fds, keep)
-        proc.preload(spec)
+        seccomp = proc.preload(spec, state_root)
         cgroup.enter()
         chan.expect("G")
         for fd, flag in fds:
@@ -149,13 +149,13 @@ def _child(spec: dict[str, Any], process: dict[str, Any], fds: list[tuple[int, i
         if nnp:
             sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
         else:
-            proc.install_seccomp(linux)
+            proc.install_seccomp(seccomp)
         proc.switch_identity(process)
         env = proc.environment(process)
         proc.enter_cwd(process["cwd"])
         path = proc.resolve_executable(process["args"], env)
         if nnp:
-            proc.install_seccomp(linux)
+            proc.install_seccomp(seccomp)
         chan.send("R")
         chan.close()
         trampoline.execve(tramp_fd, path, process["args"], env)

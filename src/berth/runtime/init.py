@@ -41,6 +41,7 @@ class Launch:
         # The exec fifo, opened (O_PATH) by the parent: the child may no longer be able to reach the
         # state directory by path (a user namespace's root cannot search a 0700 --root).
         self.fifo_fd: int | None = None
+        self.state_root: str | None = None  # the runtime's root: compiled seccomp filters are cached there
         self.listen_fds = 0  # socket-activation descriptors among the preserved ones: LISTEN_FDS
         self.userns = ""  # "", "new" or "join"
         self.userns_fd: int | None = None
@@ -58,7 +59,7 @@ def child_main(launch: Launch, chan: Channel) -> None:
         keep.update(fd for fd in (launch.console_fd, launch.userns_fd, launch.fifo_fd) if fd is not None)
         proc.close_fds(launch.preserve_fds, keep)
         # What needs no namespace and no cgroup is done while the parent makes the cgroup.
-        proc.preload(launch.spec)
+        seccomp = proc.preload(launch.spec, launch.state_root)
         import berth.runtime.rootfs  # noqa: F401
         from berth.kernel.cgroups import enter_files
 
@@ -90,13 +91,13 @@ def child_main(launch: Launch, chan: Channel) -> None:
             os.close(gate_w)
             os.read(gate_r, 1)
             os.close(gate_r)
-        _init(launch, chan)
+        _init(launch, chan, seccomp)
     except BaseException as e:
         chan.send_error(e)
         os._exit(1)
 
 
-def _init(launch: Launch, chan: Channel) -> None:
+def _init(launch: Launch, chan: Channel, seccomp: Any) -> None:
     spec = launch.spec
     linux = spec.get("linux", {})
     process = spec["process"]
@@ -146,7 +147,7 @@ def _init(launch: Launch, chan: Channel) -> None:
     if nnp:
         sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
     else:
-        proc.install_seccomp(linux)
+        proc.install_seccomp(seccomp)
     proc.switch_identity(process)
     env = proc.environment(process)
     if launch.listen_fds:
@@ -164,7 +165,7 @@ def _init(launch: Launch, chan: Channel) -> None:
         state["status"] = "running"
         run_hooks(spec, "startContainer", state)
         if nnp:
-            proc.install_seccomp(linux)
+            proc.install_seccomp(seccomp)
         trampoline.execve(tramp_fd, path, process["args"], env)
     except BaseException as e:
         os.write(2, f"berth-runtime: {e}\n".encode())

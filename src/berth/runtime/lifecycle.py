@@ -240,6 +240,7 @@ def _spawn(sd: StateDir, record: Record, spec: dict[str, Any], made: list[Any], 
                     preserve_fds=preserve_fds)
     launch.listen_fds = listen_fds
     launch.session_keyring = session_keyring
+    launch.state_root = os.path.dirname(sd.path)
     join_pid_fd = _namespace_plan(spec, launch)
     new_pid_here = "pid" in launch.namespaces and not launch.namespaces["pid"] and not launch.userns
     if console_socket:

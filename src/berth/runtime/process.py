@@ -152,27 +152,31 @@ def close_fds(preserve: int, keep: set[int]) -> None:
                 pass
 
 
-def preload(spec: dict[str, Any]) -> None:
+def preload(spec: dict[str, Any], state_root: str | None = None) -> Any:
     """Load everything needed after entering the container while the host's filesystem is still
     visible: past pivot_root (or setns into its mount namespace) neither the dynamic loader nor
-    Python's import system would find libcap, libseccomp or a not-yet-imported module."""
+    Python's import system would find libcap, libseccomp or a not-yet-imported module.
+
+    Returns the seccomp filter, compiled now (cached under ``state_root``) so that only its load
+    is left for just before exec; None without ``linux.seccomp``."""
     import berth.runtime.trampoline  # noqa: F401
     from berth.kernel import caps
 
     caps.load()
-    if spec.get("linux", {}).get("seccomp"):
-        from berth.kernel import seccomp
-
-        seccomp.load()
     if spec.get("hooks", {}).get("startContainer"):
         import subprocess  # noqa: F401
+    seccomp = spec.get("linux", {}).get("seccomp")
+    if not seccomp:
+        return None
+    from berth.kernel.seccomp import prepare
+
+    return prepare(seccomp, os.path.join(state_root, ".seccomp") if state_root else None)
 
 
-def install_seccomp(linux: dict[str, Any]) -> None:
-    if linux.get("seccomp"):
-        from berth.kernel import seccomp
-
-        seccomp.install(linux["seccomp"])
+def install_seccomp(prepared: Any) -> None:
+    """Load the filter ``preload`` compiled, if the config has one."""
+    if prepared is not None:
+        prepared.load()
 
 
 def set_dumpable(on: bool) -> None:
