@@ -9,12 +9,12 @@ what it verifies, so only the *registered* algorithms are accepted: ``sha256`` (
 
 from __future__ import annotations
 
-import hashlib
-import re
-from typing import BinaryIO
-
 from berth.errors import InvalidArgument, Unsupported
 from berth.record import record
+
+TYPE_CHECKING = False  # typing, re and hashlib (OpenSSL) stay off `berth run`'s path
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
 
 SHA256 = "sha256"
 SHA512 = "sha512"
@@ -22,9 +22,35 @@ SHA512 = "sha512"
 #: Registered algorithms and the length of their hex encoding.
 ALGORITHMS: dict[str, int] = {SHA256: 64, SHA512: 128}
 
-# descriptor.md grammar: algorithm-component (separator algorithm-component)* ":" encoded
-_GRAMMAR = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
-_HEX = re.compile(r"[a-f0-9]+")
+# descriptor.md grammar: algorithm-component (separator algorithm-component)* ":" encoded, where a
+# component is [a-z0-9]+, a separator one of [+._-], and encoded is [a-zA-Z0-9=_-]+.
+_COMPONENT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+_SEPARATORS = frozenset("+._-")
+_ENCODED_CHARS = _COMPONENT_CHARS | frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ=_-")
+_HEX = frozenset("0123456789abcdef")
+
+
+def _grammar_ok(text: str) -> bool:
+    algorithm, colon, encoded = text.partition(":")
+    if not colon or not encoded or not _ENCODED_CHARS.issuperset(encoded):
+        return False
+    after_separator = True  # neither the first nor the last character may be a separator
+    for ch in algorithm:
+        if ch in _SEPARATORS:
+            if after_separator:
+                return False
+            after_separator = True
+        elif ch in _COMPONENT_CHARS:
+            after_separator = False
+        else:
+            return False
+    return not after_separator
+
+
+def _new_hash(algorithm: str, data: bytes | bytearray | memoryview = b"") -> Any:
+    import hashlib
+
+    return hashlib.new(algorithm, data)
 
 _CHUNK = 1 << 20
 
@@ -46,7 +72,7 @@ class Digest:
         """Parse ``algorithm:encoded``; raise InvalidArgument (malformed) or Unsupported (algorithm)."""
         if not isinstance(value, str):
             raise InvalidArgument(f"invalid digest {value!r}: must be a string")
-        if not _GRAMMAR.fullmatch(value):
+        if not _grammar_ok(value):
             raise InvalidArgument(f"invalid digest {value!r}: expected algorithm:hex, e.g. sha256:<64 hex>")
         algorithm, _, encoded = value.partition(":")
         return cls(algorithm, encoded)
@@ -55,7 +81,7 @@ class Digest:
     def from_bytes(cls, data: bytes | bytearray | memoryview, algorithm: str = SHA256) -> Digest:
         """The digest of ``data``."""
         _check_algorithm(algorithm)
-        return cls(algorithm, hashlib.new(algorithm, data).hexdigest())
+        return cls(algorithm, _new_hash(algorithm, data).hexdigest())
 
     @classmethod
     def from_stream(cls, stream: BinaryIO, algorithm: str = SHA256) -> Digest:
@@ -87,7 +113,7 @@ class Digest:
 
     def matches(self, data: bytes | bytearray | memoryview) -> bool:
         """Whether ``data`` hashes to this digest."""
-        return hashlib.new(self.algorithm, data).hexdigest() == self.encoded
+        return _new_hash(self.algorithm, data).hexdigest() == self.encoded
 
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.encoded}"
@@ -99,7 +125,7 @@ class Digester:
     def __init__(self, algorithm: str = SHA256) -> None:
         _check_algorithm(algorithm)
         self.algorithm = algorithm
-        self._hash = hashlib.new(algorithm)
+        self._hash = _new_hash(algorithm)
         self.size = 0
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
@@ -128,7 +154,7 @@ def _check_algorithm(algorithm: str) -> None:
 def _validate(algorithm: str, encoded: str, text: str) -> None:
     if not isinstance(algorithm, str) or not isinstance(encoded, str):
         raise InvalidArgument(f"invalid digest {text!r}: algorithm and encoded part must be strings")
-    if not _GRAMMAR.fullmatch(text):
+    if not _grammar_ok(text):
         raise InvalidArgument(f"invalid digest {text!r}: expected algorithm:hex, e.g. sha256:<64 hex>")
     length = ALGORITHMS.get(algorithm)
     if length is None:
@@ -136,7 +162,7 @@ def _validate(algorithm: str, encoded: str, text: str) -> None:
             f"unsupported digest algorithm {algorithm!r} in {text!r} "
             f"(supported: {', '.join(sorted(ALGORITHMS))})"
         )
-    if len(encoded) != length or not _HEX.fullmatch(encoded):
+    if len(encoded) != length or not _HEX.issuperset(encoded):
         raise InvalidArgument(
             f"invalid digest {text!r}: {algorithm} needs {length} lowercase hex characters"
         )

@@ -29,8 +29,20 @@ def _parse_constant(name: str) -> float:
     return float(name)  # NaN, Infinity, -Infinity, as json.loads accepts them
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"duplicate key {key!r}")
+        obj[key] = value
+    return obj
+
+
 _Options.parse_constant = _parse_constant  # type: ignore[assignment]
 _scan = _json.make_scanner(_Options())  # type: ignore[arg-type]
+_unique = _Options()
+_unique.object_pairs_hook = _unique_keys  # type: ignore[assignment]
+_scan_unique = _json.make_scanner(_unique)  # type: ignore[arg-type]
 
 
 def _unserialisable(obj: Any) -> Any:
@@ -39,17 +51,23 @@ def _unserialisable(obj: Any) -> Any:
 
 _encode = _json.make_encoder(None, _unserialisable, _json.encode_basestring_ascii, None, ": ", ", ",
                              False, False, True)
+# What json.dumps(obj, separators=(",", ":"), ensure_ascii=False) writes: the canonical form of OCI
+# documents, whose digests depend on every byte.
+_encode_compact = _json.make_encoder(None, _unserialisable, _json.encode_basestring, None, ":", ",",
+                                     False, False, True)
 
 
-def loads(text: str | bytes) -> Any:
-    """Parse a JSON document; ValueError with the line and column of the first problem."""
-    if isinstance(text, bytes):
+def loads(text: str | bytes | bytearray, unique_keys: bool = False) -> Any:
+    """Parse a JSON document; ValueError with the line and column of the first problem. With
+    ``unique_keys``, an object that repeats a key is an error (documents whose digest is checked:
+    two parsers must not read different values out of the same bytes)."""
+    if isinstance(text, bytes | bytearray):
         text = text.decode("utf-8-sig")
     stripped = text.lstrip(" \t\n\r")
     offset = len(text) - len(stripped)
     stripped = stripped.rstrip(" \t\n\r")
     try:
-        obj, end = _scan(stripped, 0)
+        obj, end = (_scan_unique if unique_keys else _scan)(stripped, 0)
     except StopIteration as e:
         raise ValueError(_where(text, offset + e.value, "expecting a value")) from None
     except SystemError:
@@ -64,8 +82,8 @@ def loads(text: str | bytes) -> Any:
     return obj
 
 
-def dumps(obj: Any) -> str:
-    return "".join(_encode(obj, 0))
+def dumps(obj: Any, compact: bool = False) -> str:
+    return "".join((_encode_compact if compact else _encode)(obj, 0))
 
 
 def _where(text: str, pos: int, what: str) -> str:
