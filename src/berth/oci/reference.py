@@ -20,9 +20,6 @@ neither tag nor digest, the tag ``latest`` is implied. ``str()`` gives the full 
 
 from __future__ import annotations
 
-import ipaddress
-import re
-
 from berth.errors import InvalidArgument, Unsupported
 from berth.oci.digest import Digest
 from berth.record import record
@@ -34,13 +31,58 @@ DEFAULT_TAG = "latest"
 #: Longest ``domain/path`` Docker accepts.
 NAME_MAX = 255
 
-_DOMAIN_COMPONENT = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
-_DOMAIN = re.compile(
-    rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
-)
-_PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_IMAGE_ID = re.compile(r"[a-f0-9]{64}")
+# The grammar is checked with character sets rather than `re`, which `berth run` would otherwise
+# import (with enum) only to read an image name.
+_DIGITS = frozenset("0123456789")
+_LOWER_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyz") | _DIGITS
+_ALNUM = _LOWER_ALNUM | frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_TAG_FIRST = _ALNUM | {"_"}
+_TAG_CHARS = _TAG_FIRST | frozenset(".-")
+_HEX_LOWER = frozenset("0123456789abcdef")
+_IPV6_CHARS = _HEX_LOWER | frozenset("ABCDEF:")
+
+
+def _is_image_id(text: str) -> bool:
+    return len(text) == 64 and _HEX_LOWER.issuperset(text)
+
+
+def _is_domain_component(part: str) -> bool:
+    """[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?"""
+    return bool(part) and part[0] in _ALNUM and part[-1] in _ALNUM and (_ALNUM | {"-"}).issuperset(part)
+
+
+def _is_domain(domain: str) -> bool:
+    """host[:port], host being dotted components or a bracketed IPv6 literal."""
+    if domain.startswith("["):
+        close = domain.find("]")
+        host, port_part = domain[1:close], domain[close + 1 :]
+        if close < 0 or not host or not _IPV6_CHARS.issuperset(host):
+            return False
+    else:
+        host, colon, port = domain.partition(":")
+        port_part = colon + port
+        if not all(_is_domain_component(part) for part in host.split(".")):
+            return False
+    return not port_part or (port_part[0] == ":" and len(port_part) > 1 and _DIGITS.issuperset(port_part[1:]))
+
+
+def _is_path_component(component: str) -> bool:
+    """[a-z0-9]+ ((. | _ | __ | -+) [a-z0-9]+)*"""
+    if not component or component[0] not in _LOWER_ALNUM or component[-1] not in _LOWER_ALNUM:
+        return False
+    separator = ""
+    for ch in component:
+        if ch in _LOWER_ALNUM:
+            separator = ""
+            continue
+        separator += ch
+        if separator not in (".", "_", "__") and separator != "-" * len(separator):
+            return False
+    return True
+
+
+def _is_tag(tag: str) -> bool:
+    return 0 < len(tag) <= 128 and tag[0] in _TAG_FIRST and _TAG_CHARS.issuperset(tag)
 
 
 @record(frozen=True)
@@ -64,7 +106,7 @@ class Reference:
             raise InvalidArgument(f"invalid reference {text!r}: must be a string")
         if not text:
             raise InvalidArgument("invalid reference format: the reference is empty")
-        if _IMAGE_ID.fullmatch(text):
+        if _is_image_id(text):
             raise InvalidArgument(
                 f"invalid reference {text!r}: a 64-character hex string is an image id, "
                 "not a repository name"
@@ -151,6 +193,8 @@ class Reference:
         host = self.host.lower()
         if host == "localhost":
             return True
+        import ipaddress
+
         try:
             return ipaddress.ip_address(host).is_loopback
         except ValueError:
@@ -202,11 +246,13 @@ def _validate(domain: str, path: str, tag: str | None, digest: Digest | None, te
 
 
 def _check_domain(domain: str, text: str) -> None:
-    if not isinstance(domain, str) or not _DOMAIN.fullmatch(domain):
+    if not isinstance(domain, str) or not _is_domain(domain):
         raise InvalidArgument(
             f"invalid reference {text!r}: registry {domain!r} is not a valid host[:port]"
         )
     if domain.startswith("["):
+        import ipaddress
+
         inner = domain[1 : domain.index("]")]
         try:
             ipaddress.IPv6Address(inner)
@@ -220,7 +266,7 @@ def _check_path(path: str, text: str) -> None:
     if not isinstance(path, str) or not path:
         raise InvalidArgument(f"invalid reference {text!r}: the repository name is empty")
     for component in path.split("/"):
-        if not _PATH_COMPONENT.fullmatch(component):
+        if not _is_path_component(component):
             if component and component.lower() != component:
                 reason = "must be lowercase"
             else:
@@ -233,7 +279,7 @@ def _check_path(path: str, text: str) -> None:
 
 
 def _check_tag(tag: str, text: str) -> None:
-    if not isinstance(tag, str) or not _TAG.fullmatch(tag):
+    if not isinstance(tag, str) or not _is_tag(tag):
         raise InvalidArgument(
             f"invalid reference {text!r}: tag {tag!r} must be 1-128 of [A-Za-z0-9_.-], "
             "not starting with '.' or '-'"
