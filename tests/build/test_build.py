@@ -138,14 +138,23 @@ def test_failing_run_stops_and_tags_nothing(berth, engine: Engine, tmp_path: Pat
 @pytest.mark.parametrize(("dockerfile", "message"), [
     (f"FROM {BASE}\nRUN true\nBOGUS thing\n", "Dockerfile:3: unknown instruction: BOGUS"),
     (f"FROM {BASE}\nCOPY missing.txt /x\n", "Dockerfile:2: COPY"),
-    (f"FROM {BASE}\nCOPY --from=nostage /a /b\n", "nostage"),
+    (f"FROM {BASE}\nCOPY --from=nostage /a /b\n", "--from 'nostage' is neither a stage"),
+    (f"FROM {BASE}\nCOPY --from=3 /a /b\n", "Dockerfile:2: COPY: stage 3 is not an earlier stage"),
     (f"FROM {BASE} AS one\nRUN true\n", "target stage 'two' could not be found"),
+    (f"FROM {BASE}\nRUN --mount=type=secret,id=x true\n", "Dockerfile:2: RUN --mount=type=secret is not supported"),
+    (f"FROM {BASE}\nRUN --network=bridge true\n", "Dockerfile:2: RUN --network=bridge: use default, none or host"),
+    (f"FROM {BASE}\nRUN --security=insecure true\n", "RUN --security=insecure is not supported"),
+    (f"FROM {BASE}\nCOPY --parents a /b\n", "COPY --parents is not supported"),
+    (f"FROM {BASE}\nADD --checksum=sha256:00 a /b\n", "ADD --checksum applies to URLs only"),
+    (f"FROM {BASE}\nADD git@example.com:x/y.git /src\n", "ADD from a git repository is not supported"),
+    ("FROM nosuchimage\n", "FROM 'nosuchimage' is neither a stage of this Dockerfile nor an image"),
 ])
 def test_bad_input_clear_error_no_image(berth, engine: Engine, tmp_path: Path, dockerfile: str,  # type: ignore[no-untyped-def]
                                         message: str) -> None:
     ctx = write_context(tmp_path / "ctx", {"Dockerfile": dockerfile})
-    args = ["build", "-t", "demo:bad"]
-    if "two" in message:
+    (ctx / "a").write_text("a")
+    args = ["build", "-t", "demo:bad", "--pull=never"]  # an unknown name is never looked up on the internet
+    if "'two'" in message:
         args += ["--target", "two"]
     r = berth(*args, str(ctx))
     assert r.returncode == 125, r.stdout + r.stderr

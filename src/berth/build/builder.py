@@ -2,24 +2,28 @@
 
 Every step (but ARG and FROM) ends in an image in the store, untagged until the end: a config
 instruction makes an image with the same layers and a changed config; RUN runs the command in a real
-container on the current image (berth's runtime, network ``none``) and commits the container's
-changes as a layer; COPY, ADD and WORKDIR write a layer tar directly. The last stage built (or
-``--target``) is tagged only when every step succeeded.
+container on the current image (berth's runtime; network ``none`` unless ``--network`` or
+``RUN --network`` say ``host``; ``RUN --mount`` binds, caches and tmpfs for the step only) and
+commits the container's changes as a layer; COPY, ADD and WORKDIR write a layer tar directly. The
+last stage built (or ``--target``) is tagged only when every step succeeded. The steps' images are
+*intermediate*: ``berth images`` hides them, as Docker does, unless a build returned them.
 
 The cache maps a key to the image a step produced: the key hashes the parent image's ID, the
-instruction after substitution, the build arguments a RUN sees and, for COPY/ADD, the content and
-metadata of the files copied. It lives in ``<image store root>/build-cache.db`` (SQLite), so it
-survives across builds; an entry whose image was removed is a miss.
+instruction after substitution, the build arguments a RUN sees (and its network and mounts) and, for
+COPY/ADD, the content and metadata of the files copied (not their times). It lives in
+``<image store root>/build-cache.db`` (SQLite), so it survives across builds; an entry whose image
+was removed is a miss.
 
 With ``SOURCE_DATE_EPOCH``, every ``created`` time is that instant and file times in new layers are
-clamped to it, so building the same inputs twice gives the same image ID and manifest digest.
+clamped to it, so building the same inputs twice gives the same image ID and manifest digest. Images
+are OCI with plain layers; ``--format docker`` gives Docker's media types with gzip layers (compressed
+once per layer, reproducibly, and remembered in the cache database).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import posixpath
@@ -33,19 +37,38 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
-from berth.build.context import Context
+from berth.build.context import Context, Ignore
 from berth.build.dockerfile import HEREDOC, Dockerfile, Instruction, expand, pairs, parse, syntax_error, words
-from berth.errors import BerthError, InvalidArgument, NotFound, Unsupported
+from berth.build.mounts import RunMount, parse_mount
+from berth.build.sources import (
+    Entry,
+    archive_entries,
+    copy_entry,
+    download,
+    hash_file,
+    host_path,
+    in_root,
+    is_archive,
+    is_git,
+    resolve_in,
+)
+from berth.errors import AlreadyExists, BerthError, InvalidArgument, NotFound, Unsupported
 from berth.oci.digest import Digest
 from berth.oci.image import (
+    DOCKER_CONFIG,
+    DOCKER_LAYER_FOREIGN_GZIP,
+    DOCKER_LAYER_GZIP,
+    DOCKER_MANIFEST_V2,
     MEDIA_TYPE_IMAGE_CONFIG,
     MEDIA_TYPE_LAYER,
+    MEDIA_TYPE_LAYER_GZIP,
     ContainerConfig,
     Descriptor,
     History,
     ImageConfig,
     Manifest,
     Platform,
+    layer_compression,
     normalize_arch,
 )
 from berth.record import replace as record_replace
@@ -57,7 +80,16 @@ if TYPE_CHECKING:
 DEFAULT_SHELL = ("/bin/sh", "-c")
 #: Files the runtime creates as mount points in a RUN container; not part of the step's changes.
 _RUNTIME_FILES = frozenset({"etc/hosts", "etc/resolv.conf", "etc/hostname", ".dockerenv"})
-_CACHE_SCHEMA = "CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, image_id TEXT NOT NULL, added REAL NOT NULL)"
+_CACHE_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, image_id TEXT NOT NULL, added REAL NOT NULL)",
+    # Images a build returned: its steps' other images are intermediate, hidden as Docker hides them.
+    "CREATE TABLE IF NOT EXISTS results (image_id TEXT PRIMARY KEY)",
+    # gzip-compressed copies of plain layers, made once for --format docker (Docker's layers are gzip).
+    "CREATE TABLE IF NOT EXISTS gzip (diff_id TEXT PRIMARY KEY, digest TEXT NOT NULL, size INTEGER NOT NULL)",
+)
+_CACHE_FILE = "build-cache.db"
+#: The networks a RUN step may use (``--network`` of the build, ``RUN --network``).
+_RUN_NETWORKS = ("default", "none", "host")
 
 
 class BuildError(BerthError):
@@ -78,13 +110,18 @@ class BuildOptions:
     quiet: bool = False
     source_date_epoch: int | None = None
     pull: str = "missing"
+    #: The network of RUN steps: None (the engine's default, ``none``), ``none``, ``host``, or a network.
+    network: str | None = None
+    #: ``oci`` or ``docker``: the media types of the final image's manifest, config and layers.
+    format: str = "oci"
 
 
 class BuildCache:
     def __init__(self, root: str) -> None:
-        self._db = sqlite3.connect(os.path.join(root, "build-cache.db"), timeout=60.0, isolation_level=None)
+        self._db = sqlite3.connect(os.path.join(root, _CACHE_FILE), timeout=60.0, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_CACHE_SCHEMA)
+        for statement in _CACHE_SCHEMA:
+            self._db.execute(statement)
 
     def get(self, key: str) -> str | None:
         row = self._db.execute("SELECT image_id FROM cache WHERE key = ?", (key,)).fetchone()
@@ -94,8 +131,36 @@ class BuildCache:
         self._db.execute("INSERT OR REPLACE INTO cache (key, image_id, added) VALUES (?, ?, ?)",
                          (key, image_id, time.time()))
 
+    def mark_result(self, image_id: str) -> None:
+        self._db.execute("INSERT OR IGNORE INTO results (image_id) VALUES (?)", (image_id,))
+
+    def gzip_copy(self, diff_id: str) -> tuple[str, int] | None:
+        row = self._db.execute("SELECT digest, size FROM gzip WHERE diff_id = ?", (diff_id,)).fetchone()
+        return None if row is None else (str(row[0]), int(row[1]))
+
+    def put_gzip_copy(self, diff_id: str, digest: str, size: int) -> None:
+        self._db.execute("INSERT OR REPLACE INTO gzip (diff_id, digest, size) VALUES (?, ?, ?)",
+                         (diff_id, digest, size))
+
+    def intermediates(self) -> set[str]:
+        rows = self._db.execute(
+            "SELECT DISTINCT image_id FROM cache WHERE image_id NOT IN (SELECT image_id FROM results)").fetchall()
+        return {str(r[0]) for r in rows}
+
     def close(self) -> None:
         self._db.close()
+
+
+def intermediate_images(store_root: str) -> set[str]:
+    """IDs of the images build steps made that no build returned (``berth images`` hides them)."""
+    path = os.path.join(store_root, _CACHE_FILE)
+    if not os.path.exists(path):
+        return set()
+    cache = BuildCache(store_root)
+    try:
+        return cache.intermediates()
+    finally:
+        cache.close()
 
 
 @dataclass
@@ -119,6 +184,22 @@ def _host_platform() -> Platform:
     return Platform(host.os, arch, variant or None)
 
 
+#: Build arguments Docker accepts without an ARG: passed to RUN, never cached or recorded.
+_PROXY_ARGS = frozenset({f(n) for n in ("HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY")
+                         for f in (str.upper, str.lower)})
+
+
+def _platform_args() -> dict[str, str]:
+    """BuildKit's automatic platform arguments (the build runs on and for the host's platform)."""
+    plat = _host_platform()
+    spec = f"{plat.os}/{plat.architecture}" + (f"/{plat.variant}" if plat.variant else "")
+    out: dict[str, str] = {}
+    for prefix in ("BUILD", "TARGET"):
+        out.update({f"{prefix}PLATFORM": spec, f"{prefix}OS": plat.os, f"{prefix}ARCH": plat.architecture,
+                    f"{prefix}VARIANT": plat.variant or ""})
+    return out
+
+
 def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -136,6 +217,9 @@ class _Sink:
         self.h.update(data)
         self.size += len(data)
         return len(data)
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 class Builder:
@@ -179,6 +263,11 @@ class Builder:
 
     def _build(self) -> Image:
         meta, stage_lists = self.df.stages()
+        self.meta_args.update(_platform_args())
+        declared = {ins.args.partition("=")[0] for ins in self.df.instructions if ins.cmd == "ARG"}
+        unused = sorted(set(self.opts.build_args) - declared - _PROXY_ARGS - set(self.meta_args))
+        if unused:
+            self._say(f"[Warning] One or more build-args {unused} were not consumed")
         for ins in meta:
             name, eq, default = ins.args.partition("=")
             value = self.opts.build_args.get(name)
@@ -204,6 +293,8 @@ class Builder:
             self._config_step(target, f"LABEL {text}", lambda cc: record_replace(cc, labels=labels))
             assert target.image is not None
             image = target.image
+        image = self._with_format(image)
+        self.cache.mark_result(str(image.id))
         for tag in self.opts.tags:
             image = self.store.tag(image.id, tag)
             self._say(f"Successfully tagged {tag}")
@@ -219,9 +310,13 @@ class Builder:
         raise NotFound(f"target stage {self.opts.target!r} could not be found")
 
     def _find_stage(self, ref: str, before: int) -> _Stage | None:
+        """The stage ``ref`` (a name or an index) among the first ``before``; None if ``ref`` names no
+        stage (it is an image then). An index that is not an earlier stage is an error."""
         for s in self.stages[:before]:
             if s.name == ref.lower() or (ref.isdigit() and int(ref) == s.index):
                 return s
+        if ref.isdigit():
+            raise InvalidArgument(f"stage {ref} is not an earlier stage of this Dockerfile (this is stage {before})")
         return None
 
     def _needed(self, target: _Stage) -> set[int]:
@@ -236,14 +331,34 @@ class Builder:
             if dep is not None:
                 visit(dep)
             for ins in s.instructions:
-                src = ins.flag("from")
-                if ins.cmd == "COPY" and src is not None:
-                    dep = self._find_stage(expand(src, self.meta_args, self.escape), s.index)
+                refs = [ins.flag("from")] if ins.cmd == "COPY" else []
+                if ins.cmd == "RUN":
+                    refs += [m.from_ref for m in self._mount_specs(ins)]
+                for ref in refs:
+                    if ref is None:
+                        continue
+                    try:
+                        dep = self._find_stage(expand(ref, self.meta_args, self.escape), s.index)
+                    except InvalidArgument as exc:
+                        raise syntax_error(ins.line, f"{ins.cmd}: {exc}") from None
                     if dep is not None:
                         visit(dep)
 
         visit(target)
         return needed
+
+    def _mount_specs(self, ins: Instruction) -> list[RunMount]:
+        """``RUN --mount`` values parsed up front (a bad one fails the build before any step runs);
+        variables of the stage are substituted again when the step runs."""
+        out = []
+        for spec in ins.flags.get("mount", []):
+            try:
+                out.append(parse_mount(expand(spec, self.meta_args, self.escape)))
+            except BerthError as exc:
+                if "$" in spec:  # may need the stage's ARG or ENV: checked when the step runs
+                    continue
+                raise type(exc)(f"Dockerfile:{ins.line}: RUN {exc}") from None
+        return out
 
     def _run_stage(self, stage: _Stage) -> None:
         for ins in stage.instructions:
@@ -311,8 +426,8 @@ class Builder:
         else:
             platform = ins.flag("platform")
             if platform is not None:
-                platform = expand(platform, self.meta_args, self.escape)
-            stage.image = self.engine.image(base, pull=self.opts.pull, platform=platform)
+                platform = expand(platform, self.meta_args, self.escape) or None
+            stage.image = self._image(base, platform, "FROM")
             stage.config = self.store.config(stage.image)
         triggers = list((stage.config.config.on_build if stage.config and stage.config.config else None) or ())
         if triggers and stage.image is not None:
@@ -351,7 +466,7 @@ class Builder:
         diff_ids = base.diff_ids + ((layer[1],) if layer is not None else ())
         cfg = record_replace(base, diff_ids=diff_ids, created=created, config=cc,
                                   history=(*(base.history or ()), entry))
-        layers = tuple(self.store.manifest(stage.image).layers) if stage.image is not None else ()
+        layers = tuple(_oci_layer(d) for d in self.store.manifest(stage.image).layers) if stage.image else ()
         if layer is not None:
             layers += (layer[0],)
         with self.store.lease():
@@ -363,6 +478,49 @@ class Builder:
             stage.image = self.store.add(manifest_digest)
         stage.config = cfg
         self.cache.put(key, str(stage.image.id))
+
+    # -- --format ---------------------------------------------------------------------------------
+
+    def _with_format(self, image: Image) -> Image:
+        """The image with the manifest ``--format`` asks for (the same config, so the same ID)."""
+        docker = self.opts.format == "docker"
+        manifest = self.store.manifest(image)
+        if (manifest.media_type == DOCKER_MANIFEST_V2) == docker:
+            return image
+        if docker:
+            layers = tuple(self._docker_layer(d, diff_id) for d, diff_id in zip(manifest.layers, image.diff_ids,
+                                                                                 strict=True))
+            config = record_replace(manifest.config, media_type=DOCKER_CONFIG)
+            converted = Manifest(config=config, layers=layers, media_type=DOCKER_MANIFEST_V2)
+        else:
+            converted = Manifest(config=record_replace(manifest.config, media_type=MEDIA_TYPE_IMAGE_CONFIG),
+                                 layers=tuple(_oci_layer(d) for d in manifest.layers))
+        with self.store.lease():
+            return self.store.add(self.store.content.put_bytes(converted.to_json()))
+
+    def _docker_layer(self, desc: Descriptor, diff_id: Digest) -> Descriptor:
+        """A Docker layer descriptor: gzip as it is, a plain tar compressed once (and remembered)."""
+        compression = layer_compression(desc.media_type)
+        if compression == "gzip":
+            return Descriptor(DOCKER_LAYER_GZIP, desc.digest, desc.size)
+        if compression is not None:
+            raise Unsupported(f"--format docker: layer {desc.digest} is {compression}-compressed, which Docker's "
+                              "image format cannot describe; use --format oci")
+        known = self.cache.gzip_copy(str(diff_id))
+        if known is not None and self.store.content.exists(Digest.parse(known[0])):
+            return Descriptor(DOCKER_LAYER_GZIP, Digest.parse(known[0]), known[1])
+        import gzip
+
+        with tempfile.TemporaryFile(dir=self.store.root) as f:
+            sink = _Sink(f)
+            # mtime=0: the same layer always compresses to the same bytes (reproducible digests)
+            with self.store.content.open(desc.digest) as src, \
+                    gzip.GzipFile(fileobj=sink, mode="wb", mtime=0) as gz:
+                while chunk := src.read(1 << 20):
+                    gz.write(chunk)
+            digest = self._store_blob(f, sink)
+        self.cache.put_gzip_copy(str(diff_id), str(digest), sink.size)
+        return Descriptor(DOCKER_LAYER_GZIP, digest, sink.size)
 
     def _parent(self, stage: _Stage) -> str:
         return str(stage.image.id) if stage.image is not None else "scratch"
@@ -385,12 +543,27 @@ class Builder:
         with tempfile.TemporaryFile(dir=self.store.root) as f:
             sink = _Sink(f)
             write(sink)
-            f.seek(0)
-            data = f.read()
-        digest = self.store.content.put_bytes(data)
-        self.store.record_diff_size(digest, len(data))
-        self._commit(stage, key, self._cc(stage), text, (Descriptor(MEDIA_TYPE_LAYER, digest, len(data)), digest))
+            digest = self._store_blob(f, sink)
+        self.store.record_diff_size(digest, sink.size)
+        self._commit(stage, key, self._cc(stage), text, (Descriptor(MEDIA_TYPE_LAYER, digest, sink.size), digest))
         return False
+
+    def _store_blob(self, f: Any, sink: _Sink) -> Digest:
+        """Put the file ``sink`` wrote (and digested) in the content store, streaming it."""
+        digest = Digest.parse(f"sha256:{sink.h.hexdigest()}")
+        content = self.store.content
+        if content.exists(digest):
+            return digest
+        try:
+            w = content.writer(f"build-{digest.hex}-{os.urandom(8).hex()}", digest, sink.size)
+        except AlreadyExists:
+            return digest
+        with w:
+            f.seek(0)
+            while chunk := f.read(1 << 20):
+                w.write(chunk)
+            w.commit()
+        return digest
 
     # -- config instructions --------------------------------------------------------------------
 
@@ -526,14 +699,98 @@ class Builder:
         build_env = {k: val for k, val in sorted(stage.args.items()) if k not in env_names}
         text = "RUN " + (f"|{len(build_env)} " + " ".join(f"{k}={val}" for k, val in build_env.items()) + " "
                          if build_env else "") + " ".join(argv) + " # buildkit"
-        key = _key("run", self._parent(stage), list(argv), build_env, self.opts.source_date_epoch)
+        security = ins.flag("security")
+        if security not in (None, "sandbox"):
+            raise Unsupported(f"RUN --security={security} is not supported (only sandbox)")
+        network = self._run_network(ins)
+        v = self._vars(stage)
+        mounts = [parse_mount(expand(spec, v, self.escape)) for spec in ins.flags.get("mount", [])]
+        sources = [self._mount_source(stage, m) for m in mounts]
+        key = _key("run", self._parent(stage), list(argv), build_env, self.opts.source_date_epoch,
+                   *([network] if network != "none" else []),
+                   *([[m.kind, m.target, m.writable, m.size, m.cache_id, m.mode, m.uid, m.gid, src[1]]
+                      for m, src in zip(mounts, sources, strict=True)]))
         if self._cached(stage, key):
             return True
         if stage.image is None:
             raise InvalidArgument("RUN needs a base image with a shell (the stage is FROM scratch with no files)")
         name = f"berth-build-{os.urandom(6).hex()}"
         env = [f"{k}={val}" for k, val in build_env.items()]
-        opts: dict[str, Any] = {"name": name, "entrypoint": "", "env": env, "pull": "never"}
+        # proxy settings reach RUN without an ARG, and stay out of the cache key and the history (Docker's rule)
+        env += [f"{k}={val}" for k, val in sorted(self.opts.build_args.items())
+                if k in _PROXY_ARGS and k not in build_env]
+        opts: dict[str, Any] = {"name": name, "entrypoint": "", "env": env, "pull": "never", "network": network}
+        with contextlib.ExitStack() as stack:
+            if mounts:
+                opts["binds"] = [self._bind(m, src[0], stack) for m, src in zip(mounts, sources, strict=True)
+                                 if m.kind != "tmpfs"]
+                opts["tmpfs"] = [f"{m.target}:{'size=' + m.size if m.size else ''}" for m in mounts
+                                 if m.kind == "tmpfs"]
+            return self._run_container(stage, ins, argv, key, text, name, opts, cc,
+                                       {m.target.strip("/") for m in mounts})
+
+    # -- RUN --mount ---------------------------------------------------------------------------------
+
+    def _mount_source(self, stage: _Stage, m: RunMount) -> tuple[Any, str]:
+        """What a mount shows and what the cache key learns of it: a bind from the context is keyed
+        on its files' content and metadata, one from a stage or image on that image's ID."""
+        if m.kind != "bind":
+            return None, ""
+        if m.from_ref is None:
+            rel = self.context.clean(m.source)
+            if rel and not self.context.included(rel) and not self.context.has_included_child(rel):
+                raise NotFound(f"--mount: {m.source or '.'} is not in the build context (or is excluded)")
+            path = in_root(self.context.root, rel, f"--mount source {m.source or '.'}")
+            digest = hashlib.sha256()
+            for inner in ["", *self._tree(path, rel, True, None)] if os.path.isdir(path) else [""]:
+                entry = Entry.of(inner, os.path.join(path, inner) if inner else path)
+                digest.update(json.dumps(entry.meta(0, 0, None)).encode())
+                if entry.kind == "file" and entry.path is not None:
+                    hash_file(digest, entry.path)
+            return rel, digest.hexdigest()
+        ref = expand(m.from_ref, self.meta_args, self.escape)
+        image = self._source_image(ref, stage, "--mount from=")
+        return image, str(image.id) if image is not None else "scratch"
+
+    def _bind(self, m: RunMount, source: Any, stack: contextlib.ExitStack) -> dict[str, Any]:
+        """The engine's bind for ``m``, made for this step (``stack`` undoes it)."""
+        if m.kind == "cache":
+            path = os.path.join(self.store.root, "build-mounts", hashlib.sha256(m.cache_id.encode()).hexdigest())
+            if not os.path.isdir(path):
+                os.makedirs(path, exist_ok=True)
+                os.chown(path, m.uid, m.gid)
+                os.chmod(path, m.mode)
+            return {"source": path, "destination": m.target, "readonly": not m.writable}
+        if m.from_ref is None:
+            root, rel = self.context.root, str(source)
+            plain = not self.context.ignore.rules
+        else:
+            root, rel = self._mount_image(source, stack), self.context.clean(m.source)
+            plain = True
+        path = in_root(root, rel, f"--mount source {m.source or '.'}")
+        if plain and not m.writable:
+            return {"source": path, "destination": m.target, "readonly": True}
+        # a private copy: what .dockerignore hides stays hidden, and writes are thrown away
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="berth-build-mount-"))
+        copy = os.path.join(tmp, "src")
+        copy_entry(path, copy)
+        if os.path.isdir(path):  # the context's view leaves ignored files out
+            for inner in self._tree(path, rel, m.from_ref is None, None):
+                copy_entry(os.path.join(path, inner), os.path.join(copy, inner))
+        return {"source": copy, "destination": m.target, "readonly": not m.writable}
+
+    def _run_network(self, ins: Instruction) -> str:
+        """The RUN step's network: ``RUN --network`` (``default`` is the build's), else the build's."""
+        wanted = ins.flag("network") or "default"
+        if wanted not in _RUN_NETWORKS:
+            raise syntax_error(ins.line, f"RUN --network={wanted}: use default, none or host")
+        if wanted == "default":
+            return self.opts.network or "none"
+        return wanted
+
+    def _run_container(self, stage: _Stage, ins: Instruction, argv: tuple[str, ...], key: str, text: str,
+                       name: str, opts: dict[str, Any], cc: ContainerConfig, mount_points: set[str]) -> bool:
+        assert stage.image is not None
         if cc.working_dir:
             opts["workdir"] = cc.working_dir
         if cc.user:
@@ -546,9 +803,9 @@ class Builder:
                 with contextlib.suppress(BerthError):
                     self.engine.remove(name, force=True)
                 raise
+            output = captured() if code != 0 else ""
         try:
             if code != 0:
-                output = captured()
                 if output:
                     sys.stderr.write(output)
                 raise BuildError(f"Dockerfile:{ins.line}: the command '{' '.join(argv)}' returned a non-zero "
@@ -568,7 +825,7 @@ class Builder:
                         lower = snaps.fs_path(snaps.stat(parents[0]).id) if parents else None
                         write_diff(raw, upper, lower)
                     raw.seek(0)
-                    self._rewrite(raw, sink)
+                    self._rewrite(raw, sink, mount_points)
 
             self.cache_miss_layer(stage, key, text, write)
         finally:
@@ -584,13 +841,14 @@ class Builder:
         finally:
             self.opts.no_cache = saved
 
-    def _rewrite(self, raw: Any, sink: _Sink) -> None:
-        """Copy a RUN layer, dropping the runtime's mount-point files, clamping times."""
+    def _rewrite(self, raw: Any, sink: _Sink, mount_points: set[str]) -> None:
+        """Copy a RUN layer, dropping the runtime's mount-point files (and the empty mount points of
+        ``RUN --mount``), clamping times."""
         with tarfile.open(fileobj=raw, mode="r|") as src, \
                 tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as dst:  # type: ignore[call-overload]
             for m in src:
                 name = m.name.removeprefix("./").strip("/")
-                if name in _RUNTIME_FILES and m.isfile() and m.size == 0:
+                if (name in _RUNTIME_FILES or name in mount_points) and (m.isdir() or (m.isfile() and m.size == 0)):
                     continue
                 m.mtime = self._clamp(m.mtime)
                 m.pax_headers = {k: val for k, val in m.pax_headers.items() if k not in ("mtime", "atime", "ctime")}
@@ -678,6 +936,9 @@ class Builder:
     # -- COPY / ADD -------------------------------------------------------------------------------
 
     def _copy(self, stage: _Stage, ins: Instruction) -> bool:
+        for flag in ("parents", "keep-git-dir"):
+            if ins.flag(flag) is not None:
+                raise Unsupported(f"{ins.cmd} --{flag} is not supported")
         v = self._vars(stage)
         raw = ins.json if ins.json is not None else words(ins.args, None, self.escape)
         items = [expand(x, v, self.escape) for x in raw]
@@ -700,29 +961,30 @@ class Builder:
                 raise InvalidArgument(f"invalid --chmod {chmod!r}: use an octal mode") from None
         with contextlib.ExitStack() as stack:
             root, from_ctx = self._copy_root(stage, ins, stack, v)
-            entries = self._entries(ins, srcs, dest, dest_dir, root, from_ctx)
+            entries = self._entries(ins, srcs, dest, dest_dir, root, from_ctx, stack)
             digest = hashlib.sha256()
-            archives: set[str] = set()
+            hashed: set[str] = set()
             for e in entries:
-                if e.kind == "tarmember" and e.path is not None and e.path not in archives:
-                    archives.add(e.path)
-                    with open(e.path, "rb") as f:
-                        while chunk := f.read(1 << 20):
-                            digest.update(chunk)
+                if e.kind == "tarmember" and e.path is not None and e.path not in hashed:
+                    hashed.add(e.path)
+                    hash_file(digest, e.path)
                 digest.update(json.dumps(e.meta(uid, gid, mode)).encode())
                 if e.path is not None and e.kind == "file":
-                    with open(e.path, "rb") as f:
-                        while chunk := f.read(1 << 20):
-                            digest.update(chunk)
+                    hash_file(digest, e.path)
                 elif e.data is not None:
                     digest.update(e.data)
             text = " ".join([ins.cmd, *ins.flags_text(), *items])
             key = _key("copy", self._parent(stage), text, digest.hexdigest(), self.opts.source_date_epoch)
 
             def write(sink: _Sink) -> None:
-                with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tf:  # type: ignore[call-overload]
-                    for e in entries:
-                        e.add(tf, uid, gid, mode, self._clamp)
+                archives: dict[str, tarfile.TarFile] = {}
+                try:
+                    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tf:  # type: ignore[call-overload]
+                        for e in entries:
+                            e.add(tf, uid, gid, mode, self._clamp, archives)
+                finally:
+                    for archive in archives.values():
+                        archive.close()
 
             return self._layer_step(stage, key, text + " # buildkit", write)
 
@@ -766,12 +1028,27 @@ class Builder:
         if src is None:
             return self.context.root, True
         src = expand(src, {**self.meta_args, **v}, self.escape)
-        dep = self._find_stage(src, stage.index)
-        image: Image | None
-        image = dep.image if dep is not None else self.engine.image(src, pull=self.opts.pull)
+        return self._mount_image(self._source_image(src, stage, "--from"), stack), False
+
+    def _source_image(self, ref: str, stage: _Stage, what: str) -> Image | None:
+        """An earlier stage's image (None for an empty scratch stage), else an image by name."""
+        dep = self._find_stage(ref, stage.index)
+        if dep is not None:
+            return dep.image
+        return self._image(ref, None, what)
+
+    def _image(self, ref: str, platform: str | None, what: str) -> Image:
+        try:
+            return self.engine.image(ref, pull=self.opts.pull, platform=platform)
+        except BerthError as exc:
+            raise type(exc)(f"{what} {ref!r} is neither a stage of this Dockerfile nor an image that could be "
+                            f"found: {exc}") from None
+
+    def _mount_image(self, image: Image | None, stack: contextlib.ExitStack) -> str:
+        """A temporary directory with ``image``'s root filesystem mounted read-only (empty for None)."""
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="berth-build-from-"))
         if image is None:
-            return tmp, False
+            return tmp
         from berth.snapshots.mount import mount_all, unmount
 
         key = f"build-from-{os.urandom(8).hex()}"
@@ -779,168 +1056,87 @@ class Builder:
         stack.callback(self.store.snapshots.remove, key)
         mount_all(mounts, tmp)
         stack.callback(unmount, tmp, True)
-        return tmp, False
+        return tmp
 
     def _entries(self, ins: Instruction, srcs: list[str], dest: str, dest_dir: bool, root: str,
-                 from_ctx: bool) -> list[_Entry]:
-        entries: list[_Entry] = []
+                 from_ctx: bool, stack: contextlib.ExitStack) -> list[Entry]:
+        entries: list[Entry] = []
         heredocs = {h.name: h for h in ins.heredocs}
+        excludes = ins.flags.get("exclude")
+        exclude = Ignore(excludes) if excludes else None
+        checksum = ins.flag("checksum")
         for src in srcs:
             if src.startswith("<<") and src.lstrip("<-").strip("'\"") in heredocs:
                 h = heredocs[src.lstrip("<-").strip("'\"")]
                 target = posixpath.join(dest, h.name) if dest_dir else dest
-                entries.append(_Entry(target.lstrip("/"), "file", None, h.content.encode(), 0o644, time.time()))
+                entries.append(Entry(target.lstrip("/"), "file", None, h.content.encode(), 0o644, time.time()))
                 continue
-            if ins.cmd == "ADD" and ("://" in src or src.startswith("git@")):
-                raise Unsupported(f"ADD from a URL or git repository is not supported: {src}")
-            if from_ctx:
-                rels = self.context.resolve(src)
-                walk = self.context.walk
-            else:
-                rels = _resolve_in(root, src)
-
-                def walk(rel: str) -> list[str]:
-                    return _walk_all(root, rel)
+            if ins.cmd == "ADD" and is_git(src):
+                raise Unsupported(f"ADD from a git repository is not supported: {src}")
+            if ins.cmd == "ADD" and src.startswith(("http://", "https://")):
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="berth-build-add-"))
+                entries.append(download(src, dest, dest_dir, checksum, tmp))
+                continue
+            if checksum is not None:
+                raise InvalidArgument(f"ADD --checksum applies to URLs only, not to {src}")
+            if "://" in src:
+                raise Unsupported(f"{ins.cmd}: unsupported source {src} (ADD takes http:// and https:// URLs)")
+            rels = self.context.resolve(src) if from_ctx else resolve_in(root, src)
             for rel in rels:
-                path = os.path.join(root, rel) if rel else root
+                if exclude is not None and rel and exclude.excluded(posixpath.basename(rel)):
+                    continue
+                path = host_path(root, rel, f"{ins.cmd} {src}")
                 st = os.lstat(path)
                 if stat.S_ISDIR(st.st_mode):
-                    base = dest
-                    for sub in walk(rel):
-                        if sub == rel:
-                            continue
-                        inner = sub[len(rel):].lstrip("/") if rel else sub
-                        entries.append(_Entry.of(posixpath.join(base, inner).lstrip("/"), os.path.join(root, sub)))
-                    if base != "/":
-                        entries.append(_Entry.of(base.lstrip("/"), path))
+                    for inner in self._tree(path, rel, from_ctx, exclude):
+                        entries.append(Entry.of(posixpath.join(dest, inner).lstrip("/"), os.path.join(path, inner)))
+                    if dest != "/":
+                        entries.append(Entry.of(dest.lstrip("/"), path))
                     continue
                 target = posixpath.join(dest, posixpath.basename(rel)) if dest_dir else dest
-                if ins.cmd == "ADD" and stat.S_ISREG(st.st_mode) and _is_archive(path):
-                    entries.extend(_archive_entries(path, dest))
+                if ins.cmd == "ADD" and stat.S_ISREG(st.st_mode) and is_archive(path):
+                    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="berth-build-add-"))
+                    entries.extend(archive_entries(path, dest, tmp))
                     continue
-                entries.append(_Entry.of(target.lstrip("/"), path))
+                entries.append(Entry.of(target.lstrip("/"), path))
         # parents before children, one entry a path (the last wins)
-        unique: dict[str, _Entry] = {}
+        unique: dict[str, Entry] = {}
         for e in entries:
             unique[e.name] = e
         return sorted(unique.values(), key=lambda e: e.name.split("/"))
+
+    def _tree(self, top: str, rel: str, from_ctx: bool, exclude: Ignore | None) -> list[str]:
+        """What is under the directory ``top`` (the source ``rel``), relative to it, parents first and
+        sorted, never following symlinks; without what .dockerignore (for the context) and
+        ``--exclude`` leave out. A left-out directory is not entered unless a ``!`` rule may bring
+        something under it back."""
+        ignore = self.context.ignore
+        prune = not ((from_ctx and ignore.has_exceptions) or (exclude is not None and exclude.has_exceptions))
+        out: list[str] = []
+
+        def visit(sub: str) -> None:
+            for name in sorted(os.listdir(os.path.join(top, sub) if sub else top)):
+                inner = f"{sub}/{name}" if sub else name
+                keep = not (from_ctx and ignore.excluded(f"{rel}/{inner}" if rel else inner)) and not (
+                    exclude is not None and exclude.excluded(inner))
+                if keep:
+                    out.append(inner)
+                p = os.path.join(top, inner)
+                if (keep or not prune) and os.path.isdir(p) and not os.path.islink(p):
+                    visit(inner)
+
+        visit("")
+        return out
 
 
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-@dataclass
-class _Entry:
-    name: str
-    kind: str  # file, dir, symlink, tarmember
-    path: str | None
-    data: bytes | None
-    mode: int
-    mtime: float
-    link: str = ""
-    member: tarfile.TarInfo | None = None
-
-    @classmethod
-    def of(cls, name: str, path: str) -> _Entry:
-        st = os.lstat(path)
-        mode = stat.S_IMODE(st.st_mode)
-        if stat.S_ISDIR(st.st_mode):
-            return cls(name, "dir", path, None, mode, st.st_mtime)
-        if stat.S_ISLNK(st.st_mode):
-            return cls(name, "symlink", path, None, mode, st.st_mtime, os.readlink(path))
-        if stat.S_ISREG(st.st_mode):
-            return cls(name, "file", path, None, mode, st.st_mtime)
-        raise Unsupported(f"cannot copy {path}: not a file, directory or symlink")
-
-    def meta(self, uid: int, gid: int, mode: int | None) -> list[Any]:
-        size = len(self.data) if self.data is not None else (
-            os.path.getsize(self.path) if self.kind == "file" and self.path else 0)
-        return [self.name, self.kind, mode if mode is not None and self.kind != "symlink" else self.mode,
-                uid, gid, self.link, size]
-
-    def add(self, tf: tarfile.TarFile, uid: int, gid: int, mode: int | None, clamp: Any) -> None:
-        if self.member is not None:
-            ti = self.member
-            ti.name = self.name
-            with open(self.path or "", "rb") as f, tarfile.open(fileobj=f, mode="r:*") as src:
-                for m in src:
-                    if m.name == self.link:
-                        ti.mtime = clamp(ti.mtime)
-                        tf.addfile(ti, src.extractfile(m) if m.isfile() else None)
-                        return
-            return
-        ti = tarfile.TarInfo(self.name)
-        ti.uid, ti.gid = uid, gid
-        ti.mtime = clamp(self.mtime)
-        ti.mode = mode if mode is not None and self.kind != "symlink" else self.mode
-        if self.kind == "dir":
-            ti.type = tarfile.DIRTYPE
-            tf.addfile(ti)
-        elif self.kind == "symlink":
-            ti.type, ti.linkname = tarfile.SYMTYPE, self.link
-            tf.addfile(ti)
-        elif self.data is not None:
-            ti.size = len(self.data)
-            tf.addfile(ti, io.BytesIO(self.data))
-        else:
-            assert self.path is not None
-            with open(self.path, "rb") as f:
-                ti.size = os.fstat(f.fileno()).st_size
-                tf.addfile(ti, f)
-
-
-def _is_archive(path: str) -> bool:
-    try:
-        with tarfile.open(path, mode="r:*") as tf:
-            return tf.next() is not None
-    except (tarfile.TarError, OSError, EOFError):
-        return False
-
-
-def _archive_entries(path: str, dest: str) -> list[_Entry]:
-    from berth.images.layer import clean_name
-
-    out = []
-    with tarfile.open(path, mode="r:*") as tf:
-        for m in tf:
-            name = clean_name(m.name)
-            if not name or name == ".":
-                continue
-            target = posixpath.join(dest, name).lstrip("/")
-            out.append(_Entry(target, "tarmember", path, None, m.mode, m.mtime, m.name, m))
-    return out
-
-
-def _resolve_in(root: str, src: str) -> list[str]:
-    import fnmatch
-
-    rel = posixpath.normpath("/" + src).lstrip("/")
-    rel = "" if rel == "." else rel
-    if not any(c in rel for c in "*?["):
-        if not os.path.lexists(os.path.join(root, rel)):
-            raise NotFound(f"COPY --from: {src} not found in the source image")
-        return [rel]
-    parts = rel.split("/")
-    found = [""]
-    for part in parts:
-        nxt = []
-        for base in found:
-            d = os.path.join(root, base)
-            if os.path.isdir(d):
-                nxt += [posixpath.join(base, n) for n in sorted(os.listdir(d)) if fnmatch.fnmatchcase(n, part)]
-        found = nxt
-    if not found:
-        raise NotFound(f"COPY --from: no files match {src}")
-    return found
-
-
-def _walk_all(root: str, rel: str) -> list[str]:
-    out = [rel]
-    top = os.path.join(root, rel) if rel else root
-    if os.path.isdir(top) and not os.path.islink(top):
-        for name in sorted(os.listdir(top)):
-            out.extend(_walk_all(root, f"{rel}/{name}" if rel else name))
-    return out
+def _oci_layer(desc: Descriptor) -> Descriptor:
+    """The OCI media type of a layer (a Docker gzip layer is the same blob as an OCI gzip one)."""
+    if desc.media_type in (DOCKER_LAYER_GZIP, DOCKER_LAYER_FOREIGN_GZIP):
+        return Descriptor(MEDIA_TYPE_LAYER_GZIP, desc.digest, desc.size, urls=desc.urls)
+    return desc
 
 
 def _duration_ns(text: str, ins: Instruction) -> int:

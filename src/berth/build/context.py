@@ -117,7 +117,7 @@ class Context:
     def path(self, rel: str) -> str:
         return os.path.join(self.root, rel) if rel else self.root
 
-    def _clean(self, src: str) -> str:
+    def clean(self, src: str) -> str:
         rel = posixpath.normpath("/" + src).lstrip("/")
         return "" if rel == "." else rel
 
@@ -141,17 +141,17 @@ class Context:
 
     def resolve(self, src: str) -> list[str]:
         """The context paths a COPY source names (wildcards expanded); NotFound if none."""
-        rel = self._clean(src)
+        rel = self.clean(src)
         if any(c in rel for c in "*?["):
             matches = sorted(p for p in self._all() if _segment_match(p, rel))
             if not matches:
                 raise NotFound(f"COPY: no source files were specified by {src!r} (or all are ignored)")
             return matches
-        if not os.path.lexists(self.path(rel)) or (not self.included(rel) and not self._has_included_child(rel)):
+        if not os.path.lexists(self.path(rel)) or (not self.included(rel) and not self.has_included_child(rel)):
             raise NotFound(f"COPY failed: file not found in build context or excluded by .dockerignore: {src}")
         return [rel]
 
-    def _has_included_child(self, rel: str) -> bool:
+    def has_included_child(self, rel: str) -> bool:
         return os.path.isdir(self.path(rel)) and len(self.walk(rel)) > 0
 
     def _all(self) -> list[str]:
