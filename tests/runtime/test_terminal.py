@@ -139,3 +139,22 @@ def test_umoci_config_with_terminal(rt: RT, umoci_bundle: Path, console_server: 
         rt.wait_status(cid, "stopped")
     finally:
         os.close(master)
+
+
+def test_run_relays_the_callers_terminal_size(rt: RT, make_bundle: Any) -> None:
+    """`run` of a terminal bundle without --console-socket relays the caller's own terminal: the
+    container's pty takes its rows and columns (rows first in struct winsize)."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
+    bundle = make_bundle(["sh", "-c", "stty size"], terminal=True)
+    proc = subprocess.Popen(rt.argv("run", "--bundle", str(bundle), new_id()), stdin=slave, stdout=slave,
+                            stderr=slave, start_new_session=True)
+    os.close(slave)
+    try:
+        out = read_master(master, until="33 111")
+        assert "33 111" in out, out
+        assert proc.wait(timeout=10) == 0
+    finally:
+        os.close(master)
+        proc.kill()
+        proc.wait()

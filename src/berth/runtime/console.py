@@ -105,11 +105,28 @@ class Receiver:
             pass
 
 
+def caller_size() -> dict[str, int] | None:
+    """The caller's terminal size as an OCI ``consoleSize``, or None when stdin is no terminal."""
+    try:
+        size = os.get_terminal_size(0)
+    except OSError:
+        return None
+    return {"height": size.lines, "width": size.columns}
+
+
+def inherit_size(master: int) -> None:
+    """Give the container's terminal the caller's size — before the container starts, so that a
+    program reading it at once never sees 0x0."""
+    size = caller_size()
+    if size is not None:
+        fcntl.ioctl(master, TIOCSWINSZ, struct.pack("HHHH", size["height"], size["width"], 0, 0))
+
+
 def relay(master: int, pid: int, wait: Any) -> int:
     """Copy the user's terminal to the container's and back until ``pid`` exits; return its status.
 
     Our stdin is put in raw mode (when it is a terminal) so keys reach the container untouched,
-    and restored afterwards whatever happens.
+    and restored afterwards whatever happens. The size is the caller's to set first (inherit_size).
     """
     import select
     import termios
@@ -120,11 +137,6 @@ def relay(master: int, pid: int, wait: Any) -> int:
     if os.isatty(0):
         saved = termios.tcgetattr(0)
         tty.setraw(0)
-        try:
-            rows, cols = os.get_terminal_size(0)
-            fcntl.ioctl(master, TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-        except OSError:
-            pass
     result: list[int] = []
 
     def reap() -> None:
