@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +176,125 @@ def test_load_garbage_is_an_error(berth: Any, tmp_path: Path) -> None:
 def test_save_oci_dir_needs_output(berth: Any) -> None:
     res = berth("save", "--format", "oci-dir", "localhost/busybox:latest")
     assert res.returncode == 125 and "-o" in res.stderr
+
+
+# --- images: columns, digests, filters ---------------------------------------------------------------
+
+
+def test_images_columns_digests_and_filters(berth: Any, rootfs_tar: Path, registry: RegistryServer,
+                                            roots: Any) -> None:
+    dangling_id = ok(berth("import", str(rootfs_tar))).strip()  # same rootfs, no name: dangling
+    header = ok(berth("images")).splitlines()[0]
+    assert header.split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "CREATED", "SIZE"]
+    assert ok(berth("images", "--filter", "dangling=true", "-q", "--no-trunc")) == dangling_id + "\n"
+    named = ok(berth("images", "--filter", "dangling=false", "--format", "{{.Repository}}:{{.Tag}}"))
+    assert named == "localhost/busybox:latest\n"
+    assert ok(berth("images", "-f", "reference=localhost/*", "-q")) == ok(berth("images", "-q", "localhost/busybox"))
+    assert ok(berth("images", "localhost/busybox:nope")).splitlines()[1:] == []
+    row = json.loads(ok(berth("images", "--format", "json", "localhost/busybox")))
+    assert set(row) >= {"ID", "Repository", "Tag", "Digest", "CreatedSince", "CreatedAt", "Size"}
+    bad = berth("images", "--filter", "colour=blue")
+    assert bad.returncode == 125 and len(bad.stderr.splitlines()) == 1
+
+    ref = registry.ref("cli/digests", "v1")
+    ok(berth("tag", "localhost/busybox:latest", ref))
+    ok(berth("push", "-q", ref))
+    fresh = roots.cli(*roots.new())
+    out = ok(fresh("pull", ref))
+    digest = next(line.split()[1] for line in out.splitlines() if line.startswith("Digest: "))
+    table = ok(fresh("images", "--digests")).splitlines()
+    assert table[0].split()[:3] == ["REPOSITORY", "TAG", "DIGEST"]
+    assert table[1].split()[:3] == [f"{registry.host}/cli/digests", "v1", digest]
+
+
+# --- pull: all tags, platform, progress on a terminal ---------------------------------------------------
+
+
+def test_pull_all_tags_and_platform(berth: Any, roots: Any, registry: RegistryServer) -> None:
+    repo = f"{registry.host}/cli/alltags"
+    for tag in ("v1", "v2"):
+        ok(berth("tag", "localhost/busybox:latest", f"{repo}:{tag}"))
+        ok(berth("push", "-q", f"{repo}:{tag}"))
+    fresh = roots.cli(*roots.new())
+    out = ok(fresh("pull", "--all-tags", repo)).splitlines()
+    assert [line for line in out if "Pulling from" in line] == ["v1: Pulling from cli/alltags",
+                                                               "v2: Pulling from cli/alltags"]
+    assert out[-1] == repo
+    assert sorted(ok(fresh("images", "--format", "{{.Tag}}", repo)).split()) == ["v1", "v2"]
+    bad = fresh("pull", "-a", f"{repo}:v1")
+    assert bad.returncode == 125 and bad.stderr == "Error: tag can't be used with --all-tags/-a\n"
+
+    wrong = fresh("pull", "--platform", "linux/arm64", f"{repo}:v1")
+    assert wrong.returncode == 125 and "does not match the requested platform" in wrong.stderr
+    assert len(wrong.stderr.splitlines()) == 1
+    assert ok(fresh("pull", "-q", "--platform", "linux/amd64", f"{repo}:v2")) == f"{repo}:v2\n"
+
+
+def test_pull_shows_bars_on_a_terminal(berth: Any, roots: Any, registry: RegistryServer) -> None:
+    import pty
+
+    ref = registry.ref("cli/tty", "v1")
+    ok(berth("tag", "localhost/busybox:latest", ref))
+    ok(berth("push", "-q", ref))
+    root, runroot = roots.new()
+    primary, secondary = pty.openpty()
+    try:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "berth"), "--root", root, "--runroot",
+                                 runroot, "pull", ref], stdout=secondary, stderr=secondary, stdin=subprocess.DEVNULL)
+        os.close(secondary)
+        secondary = -1
+        chunks = []
+        while True:
+            try:
+                data = os.read(primary, 65536)
+            except OSError:  # EIO: the other side closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert proc.wait(60) == 0
+    finally:
+        os.close(primary)
+        if secondary >= 0:
+            os.close(secondary)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert "━" in shown and "Pull complete" in shown  # rich's bars, not plain lines
+    assert "Status: Downloaded newer image for" in shown
+
+
+# --- interop: what berth pushes, skopeo reads and podman pulls and runs --------------------------------
+
+
+def test_pushed_image_is_read_by_skopeo_and_run_by_podman(berth: Any, registry: RegistryServer,
+                                                          tmp_path: Path) -> None:
+    skopeo, podman = need_tool("skopeo"), need_tool("podman")
+    runtime = need_tool("runc")
+    ref = registry.ref("cli/interop", "v1")
+    ok(berth("tag", "localhost/busybox:latest", ref))
+    ok(berth("push", "-q", ref))
+    pushed = json.loads(ok(berth("image", "inspect", ref)))[0]
+    info = json.loads(subprocess.run([skopeo, "inspect", "--tls-verify=false", f"docker://{ref}"], check=True,
+                                     capture_output=True, text=True).stdout)
+    assert info["Os"] == "linux" and info["Architecture"] == "amd64"
+    assert len(info["Layers"]) == 1
+    assert info["Digest"] == pushed["RepoDigests"][0].split("@")[1]
+
+    conf = tmp_path / "containers.conf"
+    # Root here lacks CAP_SYS_RESOURCE (hard nofile 20000): podman's defaults would exceed it.
+    conf.write_text('[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\n'
+                    '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n')
+    env = {"CONTAINERS_CONF": str(conf), "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+    runroot = tempfile.mkdtemp(prefix="berth-pd-", dir="/run")  # podman wants a runroot under 50 characters
+    argv0 = [podman, "--root", str(tmp_path / "proot"), "--runroot", runroot, "--storage-driver", "vfs",
+             "--runtime", runtime]
+    try:
+        pulled = subprocess.run([*argv0, "pull", "-q", "--tls-verify=false", ref], capture_output=True, text=True,
+                                env=env, timeout=120)
+        assert pulled.returncode == 0, pulled.stderr
+        assert pulled.stdout.strip() == pushed["Id"].split(":")[1]  # the same image ID: config digest
+        ran = subprocess.run([*argv0, "run", "--rm", "--network", "none", ref, "echo", "pulled-by-podman"],
+                             capture_output=True, text=True, env=env, timeout=120)
+        assert ran.returncode == 0 and ran.stdout == "pulled-by-podman\n", ran.stderr
+    finally:
+        subprocess.run([*argv0, "system", "reset", "-f"], capture_output=True, env=env, timeout=120)
+        shutil.rmtree(runroot, ignore_errors=True)

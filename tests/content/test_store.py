@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import queue
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable
 from multiprocessing.queues import Queue
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from berth.content import ContentStore
+from berth.content.store import Follower, IngestFailed, IngestRestarted
 from berth.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
 from berth.oci.digest import Digest
 
@@ -541,3 +543,60 @@ def test_dropped_writer_releases_its_ref(store: ContentStore) -> None:
     del w
     with store.writer("dropped", d) as again:
         assert again.offset == 1
+
+
+# --- following an ingest while it is written ----------------------------------------------------------
+
+
+def _read_all_in_thread(reader: Follower) -> tuple[threading.Thread, list[bytes | BaseException]]:
+    out: list[bytes | BaseException] = []
+
+    def run() -> None:
+        try:
+            while chunk := reader.read(1000):
+                out.append(chunk)
+            out.append(b"<end>")
+        except BaseException as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_follower_sees_writes_and_ends_only_after_a_verified_commit(store: ContentStore) -> None:
+    data = os.urandom(10_000)
+    digest = Digest.from_bytes(data)
+    with store.writer("f", digest, len(data)) as w:
+        w.write(data[:3000])  # written before following: read from the file
+        thread, out = _read_all_in_thread(w.follow())
+        w.write(data[3000:])
+        time.sleep(0.1)
+        assert thread.is_alive(), "the reader ended before the commit verified the blob"
+        assert b"".join(c for c in out if isinstance(c, bytes)) == data
+        w.commit()
+    thread.join(5)
+    assert out[-1] == b"<end>"
+
+
+@pytest.mark.parametrize("how", ["mismatch", "truncate", "close", "abort"])
+def test_follower_fails_when_the_ingest_does(store: ContentStore, how: str) -> None:
+    data = os.urandom(5000)
+    digest = Digest.from_bytes(data if how != "mismatch" else b"other" * 1000)
+    w = store.writer("f", digest, len(data))
+    w.write(data[:2000])
+    thread, out = _read_all_in_thread(w.follow())
+    time.sleep(0.05)
+    if how == "mismatch":
+        w.write(data[2000:])
+        with pytest.raises(InvalidArgument):
+            w.commit()
+    elif how == "truncate":
+        w.truncate(0)
+    elif how == "close":
+        w.close()
+    else:
+        w.abort()
+    thread.join(5)
+    assert isinstance(out[-1], IngestRestarted if how == "truncate" else IngestFailed)
+    w.close()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from berth.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
+from berth.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Unsupported
 from berth.snapshots import (
     ACTIVE,
     COMMITTED,
@@ -297,3 +298,42 @@ def test_new_root_opened_by_many_processes_at_once(tmp_path: Path) -> None:
                 os._exit(1)
         pids.append(pid)
     assert [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids] == [0] * 16
+
+
+# --- adopt: a parent given after the tree is filled ---------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_adopt_gives_an_overlay_snapshot_its_parent_late(snapshotter: Snapshotter) -> None:
+    s = snapshotter
+    layer(s, "sha256:l1", None, {"a": "1"})
+    target = fs_of(s.prepare("early", None))
+    (target / "b").write_text("2")
+    if not s.independent_layers:
+        with pytest.raises(Unsupported):
+            s.adopt("early", "sha256:l1")
+        return
+    with pytest.raises(InvalidArgument, match="not a committed"):
+        s.adopt("early", "early")
+    s.adopt("early", "sha256:l1")
+    with pytest.raises(InvalidArgument, match="without a parent"):
+        s.adopt("early", "sha256:l1")  # it has one now
+    s.commit("sha256:l2", "early")
+    assert s.parents("sha256:l2") == ["sha256:l1"]
+    lowers = (s.mounts("sha256:l2")[0].option("lowerdir") or "").split(":")
+    assert len(lowers) == 2 and lowers[1].endswith(f"{s.stat('sha256:l1').id}/fs")
+    with pytest.raises(Conflict):
+        s.remove("sha256:l1")  # now a parent
+
+
+@pytest.mark.root
+def test_snapshot_root_spreads_its_subdirectories(tmp_path: Path) -> None:
+    """ext4's top-directory flag on the snapshots root (see spread_subdirectories)."""
+    s = OverlaySnapshotter(tmp_path / "snapshots")
+    try:
+        attrs = subprocess.run(["lsattr", "-d", str(s.root)], capture_output=True, text=True)
+        if attrs.returncode != 0:
+            pytest.skip(f"lsattr cannot read flags here: {attrs.stderr.strip()}")
+        assert "T" in attrs.stdout.split()[0]
+    finally:
+        s.close()

@@ -10,13 +10,16 @@ from __future__ import annotations
 import sys
 
 from berth.cli.flags import Flag, parse
-from berth.errors import InvalidArgument
+from berth.errors import InvalidArgument, NotFound
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from berth.engine.engine import Engine
+    from berth.images.store import Image
+    from berth.oci.reference import Reference
     from berth.registry.client import Progress
 
 _STATUS_WORDS = {"exists": "Already exists", "downloading": "Downloading", "uploading": "Pushing",
@@ -118,6 +121,74 @@ def _render_rows(cli: ImageCommands, rows: list[dict[str, Any]], template: str |
     return text is not None
 
 
+def _repo_tags(img: Image) -> list[tuple[str, str]]:
+    """The image's names as Docker's REPOSITORY and TAG columns; ``<none>`` twice for a dangling one."""
+    out = []
+    for ref in img.references():
+        if ref.tag is not None:
+            out.append((ref.familiar_name if ref.domain == "docker.io" else ref.name, ref.tag))
+    return out or [("<none>", "<none>")]
+
+
+def _image_filter(engine: Engine, filters: list[str], wanted: str | None) -> Callable[[Image, str, str], bool]:
+    """A predicate over (image, repository, tag) rows from ``--filter`` and the REPOSITORY[:TAG] argument."""
+
+    checks: list[Callable[[Image, str, str], bool]] = []
+    for spec in filters:
+        key, eq, value = spec.partition("=")
+        if not eq:
+            raise InvalidArgument(f"bad format of filter (expected name=value): {spec}")
+        if key == "dangling":
+            checks.append(_dangling_filter(value))
+        elif key == "reference":
+            checks.append(_reference_filter(value))
+        elif key in ("before", "since"):
+            checks.append(_age_filter(engine.image_store.get(value), key == "since"))
+        elif key == "label":
+            checks.append(_label_filter(engine, value))
+        else:
+            raise InvalidArgument(f"invalid filter '{key}'")
+    if wanted is not None:
+        from berth.oci.reference import Reference
+
+        ref = Reference.parse(wanted, default_tag=None)
+        name = ref.familiar_name if ref.domain == "docker.io" else ref.name
+        checks.append(lambda _i, repo, tag: repo == name and (ref.tag is None or tag == ref.tag))
+    return lambda img, repo, tag: all(check(img, repo, tag) for check in checks)
+
+
+def _dangling_filter(value: str) -> Callable[[Image, str, str], bool]:
+    if value.lower() not in ("true", "false", "1", "0"):
+        raise InvalidArgument(f"invalid filter 'dangling={value}'")
+    want = value.lower() in ("true", "1")
+    return lambda img, _repo, _tag: (not img.names) == want
+
+
+def _reference_filter(pattern: str) -> Callable[[Image, str, str], bool]:
+    import fnmatch
+
+    return lambda _img, repo, tag: repo != "<none>" and (
+        fnmatch.fnmatchcase(repo, pattern) or fnmatch.fnmatchcase(f"{repo}:{tag}", pattern))
+
+
+def _age_filter(pivot: Image, later: bool) -> Callable[[Image, str, str], bool]:
+    def key(img: Image) -> tuple[str, float]:
+        return img.created or "", img.added
+
+    return lambda img, _repo, _tag: img.id != pivot.id and (key(img) > key(pivot)) == later
+
+
+def _label_filter(engine: Engine, spec: str) -> Callable[[Image, str, str], bool]:
+    name, has_value, value = spec.partition("=")
+
+    def check(img: Image, _repo: str, _tag: str) -> bool:
+        config = engine.image_store.config(img).config
+        labels = (config.labels if config is not None else None) or {}
+        return name in labels and (not has_value or labels[name] == value)
+
+    return check
+
+
 def _created_since(created: str | None) -> str:
     if not created:
         return "N/A"
@@ -139,8 +210,6 @@ class ImageCommands:
 
         def out(self, text: str) -> None: ...
 
-        def cmd_images(self, argv: list[str]) -> int: ...
-
         def cmd_rmi(self, argv: list[str]) -> int: ...
 
         def cmd_tag(self, argv: list[str]) -> int: ...
@@ -156,14 +225,38 @@ class ImageCommands:
                                   Flag("all-tags,a", "all_tags")], "pull")
         if len(rest) != 1:
             raise InvalidArgument('"berth pull" requires exactly 1 argument: the image')
-        if opts.get("all_tags"):
-            raise InvalidArgument("--all-tags is not supported yet")
         text = rest[0]
-        ref = Reference.parse(text)
         quiet = bool(opts.get("quiet"))
+        tagged = ":" in text.rsplit("/", 1)[-1] or "@" in text
+        if opts.get("all_tags"):
+            # docker pull -a: every tag of the repository, one after the other, then the repository's name.
+            if tagged:
+                raise InvalidArgument("tag can't be used with --all-tags/-a")
+            repo_ref = Reference.parse(text, default_tag=None)
+            tags = self.engine.tags(text)
+            if not tags:
+                raise NotFound(f"repository {repo_ref.name} has no tags")
+            transferred = False
+            for tag in tags:
+                transferred |= self._pull_one(repo_ref.with_tag(tag), str(repo_ref.with_tag(tag)), opts, quiet)
+            if not quiet:
+                state = "Downloaded newer image for" if transferred else "Image is up to date for"
+                self.out(f"Status: {state} {repo_ref.familiar_name}\n")
+            self.out(f"{repo_ref.name}\n")
+            return 0
+        ref = Reference.parse(text)
+        if not quiet and not tagged:
+            self.out("Using default tag: latest\n")
+        transferred = self._pull_one(ref, text, opts, quiet)
         if not quiet:
-            if ref.digest is None and ":" not in text.rsplit("/", 1)[-1]:
-                self.out("Using default tag: latest\n")
+            state = "Downloaded newer image for" if transferred else "Image is up to date for"
+            self.out(f"Status: {state} {ref.familiar()}\n")
+        self.out(f"{ref}\n")
+        return 0
+
+    def _pull_one(self, ref: Reference, text: str, opts: dict[str, Any], quiet: bool) -> bool:
+        """Pull one reference with Docker's lines (and bars on a terminal); whether anything was downloaded."""
+        if not quiet:
             repo = ref.familiar_name if ref.domain == "docker.io" else ref.path
             self.out(f"{ref.tag or ref.digest}: Pulling from {repo}\n")
             sys.stdout.flush()
@@ -174,12 +267,8 @@ class ImageCommands:
             with bars:
                 img = self.engine.pull(text, opts.get("platform"), bars)
         if not quiet:
-            digest = img.index_digest or img.manifest_digest
-            self.out(f"Digest: {digest}\n")
-            state = "Downloaded newer image for" if bars is not None and bars.transferred else "Image is up to date for"
-            self.out(f"Status: {state} {ref.familiar()}\n")
-        self.out(f"{ref}\n")
-        return 0
+            self.out(f"Digest: {img.index_digest or img.manifest_digest}\n")
+        return bars is not None and bars.transferred
 
     def cmd_push(self, argv: list[str]) -> int:
         from berth.oci.reference import Reference
@@ -369,6 +458,48 @@ class ImageCommands:
         self.out(f"Total reclaimed space: {fmt.size(report.reclaimed)}\n")
         return 0
 
+    def cmd_images(self, argv: list[str]) -> int:
+        """``berth images [REPOSITORY[:TAG]]``: Docker's columns (``--digests`` adds DIGEST), ``-q``,
+        ``--no-trunc``, ``--format`` (json, table, template), ``-a`` and ``--filter`` (dangling, reference,
+        before, since, label). Newest first, as Docker lists them."""
+        from berth.cli import format as fmt
+
+        opts, rest = parse(argv, [Flag("quiet,q", "quiet"), Flag("all,a", "all"), Flag("format", "format", True),
+                                  Flag("digests", "digests"), Flag("no-trunc", "no_trunc"),
+                                  Flag("filter,f", "filter", True, multi=True)], "images")
+        if len(rest) > 1:
+            raise InvalidArgument('"berth images" accepts at most 1 argument: [REPOSITORY[:TAG]]')
+        keep = _image_filter(self.engine, list(opts.get("filter") or []), rest[0] if rest else None)
+        store = self.engine.image_store
+        hidden = set() if opts.get("all") else self.engine.build_intermediates()
+        images = sorted(store.images(), key=lambda i: (i.created or "", i.added), reverse=True)
+        rows = []
+        for img in images:
+            if not img.names and str(img.id) in hidden:
+                continue  # a build step's intermediate image: hidden as Docker hides them (-a shows them)
+            image_id = str(img.id) if opts.get("no_trunc") else img.short_id
+            size = fmt.size(store.size(img))
+            for repo, tag in _repo_tags(img):
+                if not keep(img, repo, tag):
+                    continue
+                digest = next((d.partition("@")[2] for d in img.repo_digests
+                               if d.partition("@")[0] == (repo if "/" in repo else f"docker.io/library/{repo}")),
+                              "<none>")
+                rows.append({"Containers": "N/A", "CreatedAt": img.created or "", "CreatedSince":
+                             _created_since(img.created), "Digest": digest, "ID": image_id, "Repository": repo,
+                             "SharedSize": "N/A", "Size": size, "Tag": tag, "UniqueSize": "N/A",
+                             "VirtualSize": size})
+        if opts.get("quiet"):
+            self.out("".join(dict.fromkeys(r["ID"] + "\n" for r in rows)))
+            return 0
+        if _render_rows(self, rows, opts.get("format")):
+            return 0
+        columns = ["Repository", "Tag", *(["Digest"] if opts.get("digests") else []), "ID", "CreatedSince", "Size"]
+        heads = {"Repository": "REPOSITORY", "Tag": "TAG", "Digest": "DIGEST", "ID": "IMAGE ID",
+                 "CreatedSince": "CREATED", "Size": "SIZE"}
+        self.out(fmt.table([[r[c] for c in columns] for r in rows], [heads[c] for c in columns]))
+        return 0
+
     def cmd_image(self, argv: list[str]) -> int:
         """``berth image SUBCOMMAND``: the same commands, grouped as Docker groups them."""
         table = {"ls": self.cmd_images, "list": self.cmd_images, "inspect": self.cmd_image_inspect,
@@ -386,11 +517,10 @@ class ImageCommands:
     # ------------------------------------------------------------------ system
 
     def cmd_system(self, argv: list[str]) -> int:
-        table = {"df": self.cmd_system_df, "boot": self.cmd_system_boot}
         if not argv or argv[0] in ("-h", "--help"):
-            self.out("Usage: berth system COMMAND\n\nCommands:\n  df\n  boot\n")
+            self.out("Usage: berth system COMMAND\n\nCommands:\n  info\n  df\n  prune\n  boot\n")
             return 0 if argv else 125
-        handler = table.get(argv[0])
+        handler = getattr(self, "cmd_system_" + argv[0], None) if argv[0].isalpha() else None
         if handler is None:
             raise InvalidArgument(f"unknown command: \"berth system {argv[0]}\"\nSee 'berth system --help'.")
         return int(handler(argv[1:]))

@@ -15,6 +15,11 @@ and renames the data into ``blobs/`` atomically; on a mismatch it removes the in
 InvalidArgument, so nothing of the bad content is kept. Closing without committing keeps the partial data
 for a later writer of the same ref to resume.
 
+Reading while writing: :meth:`Writer.follow` gives a reader of an ingest's bytes from its start, as they
+arrive — a pull unpacks a layer while it downloads. Its end comes only after :meth:`Writer.commit` has
+verified the whole blob; if the ingest fails, restarts (a truncate) or closes uncommitted, the reader
+raises :class:`IngestFailed`, so a consumer can never finish on unverified bytes.
+
 Concurrency between processes: each ingest ref has a lock file taken with ``flock``. A second writer of
 the same ref gets :class:`~berth.errors.Conflict` at once, or, when ``timeout`` is given, waits up to that
 many seconds for the ref to be free — by then the first writer has usually committed, and the second
@@ -34,6 +39,7 @@ import fcntl
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -47,6 +53,14 @@ _CHUNK = 1 << 20
 _POLL = 0.02
 #: Stale ingests (nobody wrote to them for this long) are removed by gc().
 DEFAULT_INGEST_MAX_AGE = 24 * 3600.0
+
+
+class IngestFailed(InvalidArgument):
+    """What a :meth:`Writer.follow` reader raises when its ingest did not end in a verified commit."""
+
+
+class IngestRestarted(IngestFailed):
+    """The ingest was truncated (a registry that cannot resume): what was read is no longer its data."""
 
 
 @record(frozen=True)
@@ -305,6 +319,11 @@ class Writer:
         self._path = path
         self._lock_fd: int | None = None
         self._digester = Digester(expected.algorithm)
+        #: For followers: bytes flushed to the file, and how the ingest ended (True: verified commit).
+        self._cond = threading.Condition()
+        self._visible = 0
+        self._outcome: bool | IngestFailed | None = None
+        self._followed = False
         meta = _read_meta(path)
         if (
             meta is None
@@ -355,7 +374,27 @@ class Writer:
             )
         self._file.write(data)
         self._digester.update(data)
+        if self._followed:
+            self._file.flush()
+            self._publish()
         return len(data)
+
+    def follow(self) -> Follower:
+        """A reader of this ingest from its first byte, following the writes (see the module's docstring)."""
+        self._check_open()
+        self._file.flush()
+        fd = os.open(self._path / "data", os.O_RDONLY | os.O_CLOEXEC)
+        self._followed = True
+        self._publish()
+        return Follower(self, fd)
+
+    def _publish(self, outcome: bool | IngestFailed | None = None) -> None:
+        with self._cond:
+            if self._outcome is None:
+                self._outcome = outcome
+                if outcome is None or outcome is True:
+                    self._visible = self.offset
+            self._cond.notify_all()
 
     def truncate(self, offset: int = 0) -> None:
         """Discard the data from ``offset`` on (a server that cannot resume restarts at 0)."""
@@ -363,6 +402,8 @@ class Writer:
         if offset < 0 or offset > self.offset:
             raise InvalidArgument(f"ingest {self.ref!r}: cannot truncate to {offset} (have {self.offset})")
         self._file.flush()
+        if self._followed and offset < self._visible:
+            self._publish(IngestRestarted(f"ingest {self.ref!r} restarted at byte {offset}"))
         self._file.truncate(offset)
         self._rehash()
 
@@ -391,7 +432,8 @@ class Writer:
             self._file.close()
             if not self.store.exists(expected):
                 self.store._commit_blob(self._path / "data", expected)
-        except InvalidArgument:
+        except InvalidArgument as exc:
+            self._publish(IngestFailed(str(exc)))
             self._file.close()
             _remove_ingest(self._path)  # bad content: keep nothing
             self._release()
@@ -401,12 +443,14 @@ class Writer:
             raise
         _remove_ingest(self._path)
         self._release()
+        self._publish(True)
         return expected
 
     def abort(self) -> None:
         """Throw the partial data away and release the ref."""
         if self._lock_fd is None:
             return
+        self._publish(IngestFailed(f"ingest {self.ref!r} was aborted"))
         self._file.close()
         _remove_ingest(self._path)
         self._release()
@@ -415,6 +459,7 @@ class Writer:
         """Release the ref, keeping the partial data for a later writer to resume."""
         if self._lock_fd is None:
             return
+        self._publish(IngestFailed(f"ingest {self.ref!r} stopped at byte {self.offset} without a commit"))
         self._file.flush()
         self._file.close()
         self._release()
@@ -469,6 +514,42 @@ class Writer:
 
 
 # --- ingest directories and their locks ------------------------------------------------------------
+
+
+class Follower:
+    """Reads an ingest as it is written: made by :meth:`Writer.follow`. Reads block until there is
+    more data; the end of the stream is returned only once the blob was committed, verified."""
+
+    def __init__(self, writer: Writer, fd: int) -> None:
+        self._writer = writer
+        self._fd = fd
+        self._pos = 0
+
+    def read(self, n: int = -1, /) -> bytes:
+        w = self._writer
+        with w._cond:
+            while self._pos >= w._visible and w._outcome is None:
+                w._cond.wait()
+            visible, outcome = w._visible, w._outcome
+        if isinstance(outcome, IngestFailed):
+            raise outcome
+        if self._pos < visible:
+            want = visible - self._pos if n < 0 else min(n, visible - self._pos)
+            data = os.pread(self._fd, want, self._pos)
+            if not data:
+                raise IngestFailed(f"ingest {w.ref!r}: its data file is shorter than written")
+            self._pos += len(data)
+            return data
+        return b""
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
 
 def _lock_ingest(path: Path, ref: str, timeout: float) -> int:

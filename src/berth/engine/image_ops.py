@@ -61,6 +61,34 @@ class ImageOps:
 
         def containers(self, all: bool = True) -> list[Container]: ...
 
+    def pull(self, ref: str, platform: str | None = None, progress: ProgressCallback | None = None) -> Image:
+        """Pull ``ref`` and unpack its layers, as ``docker pull`` and ``podman pull`` do: each layer is
+        unpacked while it downloads (:class:`~berth.images.unpack.PullUnpacker`), so a pulled image
+        runs at once. The lease keeps a concurrent prune from sweeping what is not recorded yet."""
+        from berth.images.unpack import PullUnpacker
+        from berth.registry.pull import pull
+
+        store = self.image_store
+        with store.lease():
+            unpacker = PullUnpacker(store)
+            try:
+                result = pull(ref, store.content, platform, progress, on_config=unpacker.configure,
+                              on_layer_stream=unpacker.stream)
+            except BaseException:
+                unpacker.abort()
+                raise
+            unpacker.finish()
+            index = result.digest if result.index is not None else None
+            return store.add(result.manifest_digest, [result.reference], index_digest=index)
+
+    def tags(self, repository: str) -> list[str]:
+        """The tags the registry holds for ``repository`` (``busybox``, ``host:port/app``), sorted."""
+        from berth.oci.reference import Reference
+        from berth.registry.client import RegistryClient
+
+        ref = Reference.parse(repository, default_tag=None)
+        return sorted(set(RegistryClient(ref.domain).list_tags(ref.path)))
+
     def push(self, ref: str, progress: ProgressCallback | None = None) -> PushResult:
         """Push the image named ``ref`` to the registry its name points at (its manifest, config and
         layers; the platform manifest, not an index whose other members were never pulled)."""

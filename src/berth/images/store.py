@@ -30,9 +30,9 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from berth.content import ContentStore
 from berth.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
@@ -81,9 +81,17 @@ _SCHEMA = [
 ]
 
 _HEX_PREFIX = re.compile(r"(?:sha256:)?[a-f0-9]{1,64}")
-#: Active snapshots the store makes while unpacking; older ones than this are debris of a crash.
+#: Active snapshots the store makes while unpacking (under a lease: the collector, which holds the lease
+#: exclusively, knows every one it sees is debris of a killed process).
 EXTRACT_PREFIX = "extract-"
-STALE_EXTRACT_SECONDS = 3600.0
+
+
+class LayerAbandoned(InvalidArgument):
+    """A layer applied ahead of its parent was given up: the parent failed or the pull was cancelled."""
+
+
+class Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
 
 
 @record(frozen=True)
@@ -451,16 +459,15 @@ class ImageStore:
     def _gc_snapshots(self, in_use: set[str]) -> None:
         if self._snapshotter is None and not (self.root / "snapshots").exists():
             return
-        now = time.time()
         infos = self.snapshots.walk()
         children = Counter(i.parent for i in infos if i.parent)
         # A parent's id is always smaller than its children's: newest first removes leaves first.
         for info in sorted(infos, key=lambda i: i.id, reverse=True):
             if children[info.key]:
                 continue
-            stale_extract = info.key.startswith(EXTRACT_PREFIX) and now - info.created > STALE_EXTRACT_SECONDS
+            debris = info.key.startswith(EXTRACT_PREFIX)
             orphan = info.kind == "committed" and info.key.startswith("sha256:") and info.key not in in_use
-            if not (stale_extract or orphan):
+            if not (debris or orphan):
                 continue
             try:
                 self.snapshots.remove(info.key)
@@ -488,33 +495,88 @@ class ImageStore:
         image = ref_or_id if isinstance(ref_or_id, Image) else self.get(ref_or_id)
         parent: str | None = None
         for desc, diff_id, chain in zip(image.layers, image.diff_ids, image.chain_ids, strict=True):
-            key = str(chain)
-            if self.snapshots.exists(key):
-                parent = key
-                continue
-            active = f"{EXTRACT_PREFIX}{os.urandom(16).hex()}-{chain.encoded}"  # not uuid: it imports platform
-            mounts = self.snapshots.prepare(active, parent, labels={"berth.layer": str(desc.digest)})
-            try:
-                with self.content.open(desc.digest) as blob:
-                    from berth.images.layer import apply_to_mounts  # only when a layer is missing
-
-                    result = apply_to_mounts(blob, mounts)
-                if result.diff_id != diff_id:
-                    raise InvalidArgument(
-                        f"layer {desc.digest}: its uncompressed content has DiffID {result.diff_id}, "
-                        f"but the image config says {diff_id}"
-                    )
-                self.record_diff_size(diff_id, result.size)
-                try:
-                    self.snapshots.commit(key, active, labels={"berth.diff-id": str(diff_id)})
-                except AlreadyExists:  # another process unpacked the same layer meanwhile
-                    self.snapshots.remove(active)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    self.snapshots.remove(active)
-                raise
-            parent = key
+            self.unpack_layer(desc, diff_id, chain, parent)
+            parent = str(chain)
         return image.top_layer
+
+    def unpack_layer(self, desc: Descriptor, diff_id: Digest, chain: Digest, parent: str | None,
+                     stream: Readable | None = None, parent_ready: Callable[[], bool] | None = None) -> None:
+        """Apply one layer onto the snapshot ``parent`` and commit it as ``chain``.
+
+        The layer is read from ``stream`` when given (a pull's download, followed as it arrives), else
+        from the content store. The snapshot is committed only once its DiffID matches the config's —
+        and, for a stream, once the stream has ended, which a pull's reader does only after the blob's
+        digest was verified. On any failure the half-applied snapshot is removed.
+
+        ``parent`` must be committed, unless ``parent_ready`` is given: a function that blocks until it
+        is and says whether it is (False: it never will be; LayerAbandoned is raised). With a snapshotter
+        whose layers are independent (overlay) the layer then applies at once, in parallel with its
+        parent, waiting only where it must look below (:func:`~berth.images.layer.apply_layer`'s lazy
+        lowers) and before its commit; otherwise it waits first.
+        """
+        key = str(chain)
+        if self.snapshots.exists(key):
+            return
+        with self.lease():  # the collector never sees this snapshot half made
+            if parent is not None and parent_ready is not None and not self.snapshots.exists(parent):
+                if not self.snapshots.independent_layers:
+                    self._wait_parent(parent_ready, parent)
+                    parent_ready = None
+            else:
+                parent_ready = None
+            self._apply_layer(desc, diff_id, key, parent, stream, parent_ready)
+
+    @staticmethod
+    def _wait_parent(parent_ready: Callable[[], bool], parent: str) -> None:
+        if not parent_ready():
+            raise LayerAbandoned(f"layer {parent} below was not unpacked")
+
+    def _lower_dirs(self, parent: str) -> list[str]:
+        """The directories of ``parent``'s layers, nearest first, as an overlay upper sees them below."""
+        mounts = self.snapshots.mounts(parent)
+        m = mounts[0]
+        if m.type == "bind":
+            return [m.source]
+        return [m.resolve(p) for p in (m.option("lowerdir") or "").split(":") if p]
+
+    def _apply_layer(self, desc: Descriptor, diff_id: Digest, key: str, parent: str | None,
+                     stream: Readable | None, parent_ready: Callable[[], bool] | None) -> None:
+        active = f"{EXTRACT_PREFIX}{os.urandom(16).hex()}-{key.partition(':')[2]}"  # not uuid: it imports platform
+        mounts = self.snapshots.prepare(active, None if parent_ready is not None else parent,
+                                        labels={"berth.layer": str(desc.digest)})
+        try:
+            from berth.images.layer import apply_layer, apply_to_mounts  # only when a layer is missing
+
+            source: Any = stream
+            with contextlib.ExitStack() as stack:
+                if source is None:
+                    source = stack.enter_context(self.content.open(desc.digest))
+                if parent_ready is not None and parent is not None:
+                    ready, below = parent_ready, parent
+
+                    def lowers() -> list[str]:
+                        self._wait_parent(ready, below)
+                        return self._lower_dirs(below)
+
+                    result = apply_layer(source, mounts[0].source, overlay=True, lowers=lowers)
+                    self._wait_parent(ready, below)
+                    self.snapshots.adopt(active, below)
+                else:
+                    result = apply_to_mounts(source, mounts)
+            if result.diff_id != diff_id:
+                raise InvalidArgument(
+                    f"layer {desc.digest}: its uncompressed content has DiffID {result.diff_id}, "
+                    f"but the image config says {diff_id}"
+                )
+            self.record_diff_size(diff_id, result.size)
+            try:
+                self.snapshots.commit(key, active, labels={"berth.diff-id": str(diff_id)})
+            except AlreadyExists:  # another process unpacked the same layer meanwhile
+                self.snapshots.remove(active)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.snapshots.remove(active)
+            raise
 
     def is_unpacked(self, image: Image) -> bool:
         top = image.top_layer

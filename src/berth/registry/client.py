@@ -53,7 +53,7 @@ import urllib3
 from urllib3.exceptions import HTTPError, InsecureRequestWarning, MaxRetryError, SSLError
 from urllib3.util import Retry, Timeout
 
-from berth.content.store import ContentStore
+from berth.content.store import ContentStore, Follower
 from berth.errors import AlreadyExists, BerthError, InvalidArgument, NotFound, PermissionDenied, Unsupported
 from berth.oci.digest import Digest
 from berth.oci.image import (
@@ -658,12 +658,15 @@ class RegistryClient:
         raise self._fail(resp, f"blob {digest} in {self._name(repo)}", "HEAD")
 
     def fetch_blob(self, repo: str, descriptor: Descriptor, store: ContentStore, *,
-                   progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> bool:
+                   progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
+                   on_stream: Callable[[Follower], None] | None = None) -> bool:
         """Download a blob into ``store``, verified; return False if it was there already.
 
         The ingest ref is ``pull-<digest>``, so a download interrupted here, in another thread or in a
         killed process resumes where it stopped (``Range``). A mismatch of size or digest raises
         InvalidArgument and nothing is kept. ``cancel`` stops the transfer early (partial data kept).
+        ``on_stream(reader)``, called before the download starts, gets a reader of the blob's bytes as
+        they arrive (:meth:`~berth.content.store.Writer.follow`): it ends only after the digest is verified.
         """
         digest, size = descriptor.digest, descriptor.size
         name = self._name(repo)
@@ -676,6 +679,8 @@ class RegistryClient:
             _emit(progress, digest, size, size, "exists")
             return False
         with writer:
+            if on_stream is not None:
+                on_stream(writer.follow())
             failures = 0
             while writer.offset < size or size == 0:
                 start = writer.offset

@@ -1,8 +1,10 @@
 """Pull an image from a registry into the content store: resolve, select a platform, fetch in parallel.
 
 Why a separate step from unpacking: the registry layer only moves verified bytes into the content
-store (so it stays below ``images``, as DESIGN.md requires). The images layer learns about each layer the
-moment it is committed through ``on_layer_committed`` and can unpack it while the others still download.
+store (so it stays below ``images``, as DESIGN.md requires). The images layer unpacks while the bytes
+arrive through ``on_layer_stream``: it gets a reader of each layer blob as it downloads, whose end comes
+only after the blob's digest was verified (a mismatch makes it raise), so nothing unverified is kept.
+``on_layer_committed`` tells when each blob is in the store.
 
 Order of work: the tag (or digest) is resolved to a manifest; an index is narrowed to the manifest
 for the wanted platform (the host's by default); the manifest(s) are stored, then the config is
@@ -19,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
-from berth.content.store import ContentStore
+from berth.content.store import ContentStore, Follower
 from berth.errors import InvalidArgument, NotFound, Unsupported
 from berth.oci.digest import Digest
 from berth.oci.image import (
@@ -68,12 +70,14 @@ class PullResult:
 
 
 LayerHook = Callable[[Descriptor], None]
+StreamHook = Callable[[Descriptor, Follower], None]
 
 
 def pull(ref: str | Reference, store: ContentStore, platform: Platform | str | None = None,
          progress: ProgressCallback | None = None, *, on_layer_committed: LayerHook | None = None,
          client: RegistryClient | None = None, max_workers: int = DEFAULT_WORKERS,
-         sources: BlobSources | None = None) -> PullResult:
+         sources: BlobSources | None = None, on_layer_stream: StreamHook | None = None,
+         on_config: Callable[[Manifest, ImageConfig], None] | None = None) -> PullResult:
     """Pull ``ref`` (``busybox``, ``host:port/app:tag``, ``…@sha256:…``) into ``store``.
 
     ``platform`` (a :class:`Platform` or ``os/arch[/variant]``) picks from an index; by default the host's.
@@ -81,6 +85,9 @@ def pull(ref: str | Reference, store: ContentStore, platform: Platform | str | N
     ``progress`` gets a :class:`~berth.registry.client.Progress` per chunk of every blob;
     ``on_layer_committed(descriptor)`` runs once per distinct layer blob as soon as it is in the store
     (or at once if it was there already). Both are called on worker threads.
+    ``on_config(manifest, config)`` runs once the config is verified, before any layer downloads;
+    ``on_layer_stream(descriptor, reader)`` once per layer blob that is downloaded (not one found in
+    the store), on the worker thread that downloads it, before the download starts.
     """
     reference = Reference.parse(ref) if isinstance(ref, str) else ref
     wanted = Platform.parse(platform) if isinstance(platform, str) else platform
@@ -125,8 +132,10 @@ def pull(ref: str | Reference, store: ContentStore, platform: Platform | str | N
             f"it is {image_config.platform}"
         )
 
+    if on_config is not None:
+        on_config(manifest, image_config)
     _fetch_layers(client, repo, reference.domain, manifest.layers, store, progress, on_layer_committed,
-                  max_workers, sources)
+                  max_workers, sources, on_layer_stream)
     return PullResult(
         reference=reference,
         digest=top_digest,
@@ -165,7 +174,7 @@ def _load_config(store: ContentStore, manifest: Manifest, name: str) -> ImageCon
 
 def _fetch_layers(client: RegistryClient, repo: str, registry: str, layers: tuple[Descriptor, ...],
                   store: ContentStore, progress: ProgressCallback | None, hook: LayerHook | None,
-                  max_workers: int, sources: BlobSources) -> None:
+                  max_workers: int, sources: BlobSources, on_stream: StreamHook | None) -> None:
     unique: dict[Digest, Descriptor] = {}
     for layer in layers:
         unique.setdefault(layer.digest, layer)
@@ -176,7 +185,8 @@ def _fetch_layers(client: RegistryClient, repo: str, registry: str, layers: tupl
     def work(layer: Descriptor) -> None:
         if cancel.is_set():
             raise TransferCancelled(f"download of blob {layer.digest} cancelled")
-        client.fetch_blob(repo, layer, store, progress=progress, cancel=cancel)
+        client.fetch_blob(repo, layer, store, progress=progress, cancel=cancel,
+                          on_stream=None if on_stream is None else lambda reader: on_stream(layer, reader))
         sources.record(layer.digest, registry, repo)
         if hook is not None:
             hook(layer)

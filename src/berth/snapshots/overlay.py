@@ -40,6 +40,7 @@ def _option_limit() -> int:
 
 class OverlaySnapshotter(Snapshotter):
     name = "overlayfs"
+    independent_layers = True
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         super().__init__(root)
