@@ -481,7 +481,7 @@ def test_gc_removes_stale_ingests_but_not_fresh_or_active_ones(store: ContentSto
         if status.ref in ("stale", "active"):
             path = store._ingest_dir(status.ref)
             for name in [*os.listdir(path), "."]:
-                os.utime(path / name, (past, past))
+                os.utime(os.path.join(path, name), (past, past))
     children, _ = graph({})
     freed = store.gc(set(), children, ingest_max_age=86400)
     assert freed >= 5

@@ -107,7 +107,7 @@ def test_metadata_persists_and_cleanup_removes_orphans(tmp_path: Path) -> None:
     assert s.stat("sha256:l1").kind == COMMITTED
     assert s.cleanup() == 1
     assert not (tmp_path / "snaps/999").exists()
-    assert (s.fs_path(s.stat("sha256:l1").id) / "f").read_text() == "x"
+    assert Path(s.fs_path(s.stat("sha256:l1").id), "f").read_text() == "x"
     assert s.usage("sha256:l1").inodes == 1
     s.close()
 

@@ -36,18 +36,21 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
-import json
 import os
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
-from typing import Any, BinaryIO
 
 from berth.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
+from berth.oci import jsonc
 from berth.oci.digest import ALGORITHMS, Digest, Digester
 from berth.record import record
+
+# Reading a blob is on `berth run`'s path: pathlib, typing, hashlib and threading (~6 ms of imports)
+# stay off it — paths are strings inside, and the writer's modules load when an ingest starts.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from pathlib import Path
+    from typing import Any, BinaryIO
 
 _CHUNK = 1 << 20
 _POLL = 0.02
@@ -97,31 +100,44 @@ class ContentStore:
     """Content-addressed blobs under ``root`` (see the module docstring for layout and locking)."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
-        self._blobs = self.root / "blobs"
-        self._ingest = self.root / "ingest"
-        for d in (self.root, self._blobs, self._ingest):
-            d.mkdir(mode=0o700 if d is self.root else 0o755, parents=True, exist_ok=True)
+        self._root = os.path.abspath(root)
+        self._blobs = os.path.join(self._root, "blobs")
+        self._ingest = os.path.join(self._root, "ingest")
+        for d in (self._root, self._blobs, self._ingest):
+            os.makedirs(d, mode=0o700 if d is self._root else 0o755, exist_ok=True)
+
+    @property
+    def root(self) -> Path:
+        from pathlib import Path
+
+        return Path(self._root)
 
     # -- paths --------------------------------------------------------------------------------------
 
     def blob_path(self, digest: Digest) -> Path:
         """Where the blob lives (whether or not it exists). For unpackers that want to mmap or sendfile."""
+        from pathlib import Path
+
+        return Path(self._blob_file(digest))
+
+    def _blob_file(self, digest: Digest) -> str:
         if not isinstance(digest, Digest):
             raise InvalidArgument(f"expected a Digest, got {type(digest).__name__}")
-        return self._blobs / digest.algorithm / digest.encoded
+        return os.path.join(self._blobs, digest.algorithm, digest.encoded)
 
-    def _ingest_dir(self, ref: str) -> Path:
-        return self._ingest / hashlib.sha256(ref.encode()).hexdigest()
+    def _ingest_dir(self, ref: str) -> str:
+        import hashlib
+
+        return os.path.join(self._ingest, hashlib.sha256(ref.encode()).hexdigest())
 
     # -- reading ------------------------------------------------------------------------------------
 
     def exists(self, digest: Digest) -> bool:
-        return self.blob_path(digest).is_file()
+        return os.path.isfile(self._blob_file(digest))
 
     def info(self, digest: Digest) -> BlobInfo:
         try:
-            st = self.blob_path(digest).stat()
+            st = os.stat(self._blob_file(digest))
         except FileNotFoundError:
             raise NotFound(f"blob {digest} not found") from None
         return BlobInfo(digest, st.st_size, st.st_mtime)
@@ -129,7 +145,7 @@ class ContentStore:
     def open(self, digest: Digest) -> BinaryIO:
         """The blob opened for reading (binary, seekable). Raises NotFound."""
         try:
-            return open(self.blob_path(digest), "rb")
+            return open(self._blob_file(digest), "rb")
         except FileNotFoundError:
             raise NotFound(f"blob {digest} not found") from None
 
@@ -145,7 +161,7 @@ class ContentStore:
         """Every committed blob, in no particular order. Foreign files are skipped."""
         for algorithm in sorted(ALGORITHMS):
             try:
-                names = os.listdir(self._blobs / algorithm)
+                names = os.listdir(os.path.join(self._blobs, algorithm))
             except FileNotFoundError:
                 continue
             for name in names:
@@ -201,15 +217,16 @@ class ContentStore:
             w.commit()
         return actual
 
-    def _commit_blob(self, data_path: Path, digest: Digest) -> None:
+    def _commit_blob(self, data_path: str, digest: Digest) -> None:
         """Rename verified ingest data into place, durably. Holds gc.lock shared meanwhile."""
-        target = self.blob_path(digest)
-        target.parent.mkdir(mode=0o755, exist_ok=True)
+        target = self._blob_file(digest)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(os.path.dirname(target), 0o755)
         with self._gc_lock(exclusive=False):
             os.utime(data_path)  # mtime = commit time: gc(blob_min_age=) and BlobInfo rely on it
             os.chmod(data_path, 0o444)
             os.replace(data_path, target)
-            _fsync_dir(target.parent)
+            _fsync_dir(os.path.dirname(target))
 
     # -- ingests ------------------------------------------------------------------------------------
 
@@ -217,7 +234,7 @@ class ContentStore:
         """The in-progress (or abandoned) writes."""
         result = []
         for entry in _listdir(self._ingest):
-            status = _ingest_status(self._ingest / entry)
+            status = _ingest_status(os.path.join(self._ingest, entry))
             if status is not None:
                 result.append(status)
         return result
@@ -225,7 +242,7 @@ class ContentStore:
     def abort(self, ref: str, *, timeout: float = 0.0) -> None:
         """Throw away the partial data of ``ref``. NotFound if there is none; Conflict if it is in use."""
         path = self._ingest_dir(ref)
-        if not path.is_dir():
+        if not os.path.isdir(path):
             raise NotFound(f"no ingest {ref!r}")
         fd = _lock_ingest(path, ref, timeout)
         try:
@@ -237,10 +254,10 @@ class ContentStore:
 
     def delete(self, digest: Digest) -> int:
         """Remove a blob and return its size (for the garbage collector). NotFound if absent."""
-        path = self.blob_path(digest)
+        path = self._blob_file(digest)
         try:
-            size = path.stat().st_size
-            path.unlink()
+            size = os.stat(path).st_size
+            os.unlink(path)
         except FileNotFoundError:
             raise NotFound(f"blob {digest} not found") from None
         return size
@@ -270,7 +287,7 @@ class ContentStore:
                 if digest in marked:
                     continue
                 try:
-                    st = self.blob_path(digest).stat()
+                    st = os.stat(self._blob_file(digest))
                 except FileNotFoundError:
                     continue
                 if now - st.st_mtime < blob_min_age:
@@ -278,26 +295,26 @@ class ContentStore:
                 with contextlib.suppress(NotFound):
                     freed += self.delete(digest)
         for entry in _listdir(self._ingest):
-            freed += _remove_stale_ingest(self._ingest / entry, now - ingest_max_age)
+            freed += _remove_stale_ingest(os.path.join(self._ingest, entry), now - ingest_max_age)
         return freed
 
     def disk_usage(self) -> Usage:
         blob_count = blob_bytes = 0
         for digest in self.walk():
             try:
-                blob_bytes += self.blob_path(digest).stat().st_size
+                blob_bytes += os.stat(self._blob_file(digest)).st_size
             except FileNotFoundError:
                 continue
             blob_count += 1
         ingest_count = ingest_bytes = 0
         for entry in _listdir(self._ingest):
             ingest_count += 1
-            ingest_bytes += _tree_size(self._ingest / entry)
+            ingest_bytes += _tree_size(os.path.join(self._ingest, entry))
         return Usage(blob_count, blob_bytes, ingest_count, ingest_bytes)
 
     @contextlib.contextmanager
     def _gc_lock(self, exclusive: bool) -> Iterator[None]:
-        fd = os.open(self.root / "gc.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(os.path.join(self._root, "gc.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             yield
@@ -309,7 +326,7 @@ class Writer:
     """One ingest in progress. Use as a context manager: leaving without commit() keeps the partial
     data for resumption and releases the ref; abort() throws it away."""
 
-    def __init__(self, store: ContentStore, ref: str, path: Path, lock_fd: int, expected: Digest,
+    def __init__(self, store: ContentStore, ref: str, path: str, lock_fd: int, expected: Digest,
                  size: int | None) -> None:
         """Made by :meth:`ContentStore.writer`, which owns ``lock_fd`` until this returns."""
         self.store = store
@@ -320,6 +337,8 @@ class Writer:
         self._lock_fd: int | None = None
         self._digester = Digester(expected.algorithm)
         #: For followers: bytes flushed to the file, and how the ingest ended (True: verified commit).
+        import threading
+
         self._cond = threading.Condition()
         self._visible = 0
         self._outcome: bool | IngestFailed | None = None
@@ -338,7 +357,7 @@ class Writer:
                 self.total = meta["total"]
             elif meta.get("total") is None and size is not None:
                 self._write_meta()
-        self._file = open(path / "data", "a+b")  # noqa: SIM115 - lives as long as the writer
+        self._file = open(os.path.join(path, "data"), "a+b")  # noqa: SIM115 - lives as long as the writer
         try:
             self._rehash()
             if self.total is not None and self.offset > self.total:
@@ -383,7 +402,7 @@ class Writer:
         """A reader of this ingest from its first byte, following the writes (see the module's docstring)."""
         self._check_open()
         self._file.flush()
-        fd = os.open(self._path / "data", os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(os.path.join(self._path, "data"), os.O_RDONLY | os.O_CLOEXEC)
         self._followed = True
         self._publish()
         return Follower(self, fd)
@@ -431,7 +450,7 @@ class Writer:
                 )
             self._file.close()
             if not self.store.exists(expected):
-                self.store._commit_blob(self._path / "data", expected)
+                self.store._commit_blob(os.path.join(self._path, "data"), expected)
         except InvalidArgument as exc:
             self._publish(IngestFailed(str(exc)))
             self._file.close()
@@ -490,19 +509,19 @@ class Writer:
         for name in _listdir(self._path):
             if name != "lock":
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._path / name)
+                    os.unlink(os.path.join(self._path, name))
         self.started_at = time.time()
         self._write_meta()
 
     def _write_meta(self) -> None:
         meta = {"ref": self.ref, "expected": str(self.expected), "total": self.total,
                 "started_at": self.started_at}
-        tmp = self._path / "meta.json.tmp"
+        tmp = os.path.join(self._path, "meta.json.tmp")
         with open(tmp, "w") as f:
-            json.dump(meta, f)
+            f.write(jsonc.dumps(meta))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, self._path / "meta.json")
+        os.replace(tmp, os.path.join(self._path, "meta.json"))
 
     def _rehash(self) -> None:
         """Recompute the running digest from the data on disk (hash state cannot be saved)."""
@@ -552,7 +571,7 @@ class Follower:
             self.close()
 
 
-def _lock_ingest(path: Path, ref: str, timeout: float) -> int:
+def _lock_ingest(path: str, ref: str, timeout: float) -> int:
     """Create (if needed) and flock the ingest directory ``path``; return the lock fd.
 
     Conflict if another writer still holds it after ``timeout`` seconds.
@@ -574,14 +593,14 @@ def _lock_ingest(path: Path, ref: str, timeout: float) -> int:
         time.sleep(_POLL)
 
 
-def _try_lock(path: Path) -> int | None:
+def _try_lock(path: str) -> int | None:
     """Flock ``path``/lock without waiting; None if another process holds it, FileNotFoundError if
     ``path`` is gone.
 
     The holder may unlink the lock file (commit, abort, gc) while we wait on it, so after locking we
     check that the path still names the inode we locked, and start over if not.
     """
-    lock_path = path / "lock"
+    lock_path = os.path.join(path, "lock")
     while True:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -599,15 +618,15 @@ def _try_lock(path: Path) -> int | None:
         os.close(fd)
 
 
-def _remove_ingest(path: Path) -> None:
+def _remove_ingest(path: str) -> None:
     """Remove an ingest directory whose lock the caller holds: data first, the lock file last, so a
     waiter that gets the lock afterwards finds a fresh, empty ingest."""
     for name in _listdir(path):
         if name != "lock":
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(path / name)
+                os.unlink(os.path.join(path, name))
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(path / "lock")
+        os.unlink(os.path.join(path, "lock"))
     try:
         os.rmdir(path)
     except OSError as exc:
@@ -615,7 +634,7 @@ def _remove_ingest(path: Path) -> None:
             raise
 
 
-def _remove_stale_ingest(path: Path, cutoff: float) -> int:
+def _remove_stale_ingest(path: str, cutoff: float) -> int:
     """Remove ``path`` if nobody holds it and nothing in it changed since ``cutoff``; bytes freed."""
     if _newest_mtime(path) >= cutoff:
         return 0
@@ -635,21 +654,21 @@ def _remove_stale_ingest(path: Path, cutoff: float) -> int:
         os.close(fd)
 
 
-def _read_meta(path: Path) -> dict[str, Any] | None:
+def _read_meta(path: str) -> dict[str, Any] | None:
     try:
-        with open(path / "meta.json") as f:
-            meta = json.load(f)
+        with open(os.path.join(path, "meta.json"), "rb") as f:
+            meta = jsonc.loads(f.read())
     except (OSError, ValueError):
         return None
     return meta if isinstance(meta, dict) else None
 
 
-def _ingest_status(path: Path) -> IngestStatus | None:
+def _ingest_status(path: str) -> IngestStatus | None:
     meta = _read_meta(path)
     if meta is None or not isinstance(meta.get("ref"), str):
         return None
     try:
-        st = os.stat(path / "data")
+        st = os.stat(os.path.join(path, "data"))
         offset, updated = st.st_size, st.st_mtime
     except FileNotFoundError:
         offset, updated = 0, float(meta.get("started_at", 0.0))
@@ -668,30 +687,30 @@ def _ingest_status(path: Path) -> IngestStatus | None:
     )
 
 
-def _listdir(path: Path) -> list[str]:
+def _listdir(path: str) -> list[str]:
     try:
         return os.listdir(path)
     except (FileNotFoundError, NotADirectoryError):
         return []
 
 
-def _tree_size(path: Path) -> int:
+def _tree_size(path: str) -> int:
     total = 0
     for name in _listdir(path):
         with contextlib.suppress(FileNotFoundError):
-            total += os.lstat(path / name).st_size
+            total += os.lstat(os.path.join(path, name)).st_size
     return total
 
 
-def _newest_mtime(path: Path, skip_lock: bool = False) -> float:
+def _newest_mtime(path: str, skip_lock: bool = False) -> float:
     newest = 0.0
     for name in ["data", "meta.json"] if skip_lock else [".", *_listdir(path)]:
         with contextlib.suppress(FileNotFoundError):
-            newest = max(newest, os.lstat(path / name).st_mtime)
+            newest = max(newest, os.lstat(os.path.join(path, name)).st_mtime)
     return newest
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)

@@ -15,7 +15,7 @@ import time
 
 from berth.errors import AlreadyExists, NotFound
 from berth.oci import jsonc
-from berth.sqlitedb import write
+from berth.sqlitedb import connect, write
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -54,11 +54,7 @@ MIGRATIONS = [
 
 class Database:
     def __init__(self, path: str) -> None:
-        self.conn = sqlite3.connect(path, timeout=60.0, isolation_level=None)
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA foreign_keys=ON")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn = connect(path)
         self._migrate()
 
     def _migrate(self) -> None:

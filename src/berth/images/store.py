@@ -21,21 +21,16 @@ sweeps a blob whose image is still on its way.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import fcntl
-import json
 import os
-import re
 import sqlite3
-import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
-from typing import Any, Protocol
 
 from berth.content import ContentStore
 from berth.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
+from berth.oci import jsonc
 from berth.oci.digest import Digest
 from berth.oci.image import (
     Descriptor,
@@ -48,7 +43,17 @@ from berth.oci.image import (
 from berth.oci.reference import Reference
 from berth.record import field, record
 from berth.snapshots import Mount, Snapshotter, open_snapshotter
-from berth.sqlitedb import write
+from berth.sqlitedb import connect, write
+
+# Looking an image up and preparing a container's root is on `berth run`'s path: paths are strings,
+# rows are parsed by berth.oci.jsonc, and json, re, pathlib, typing and threading stay off it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Sequence
+    from pathlib import Path
+    from typing import Any
+
+    from berth.images.layer import Readable
 
 SCHEMA_VERSION = 1
 _SCHEMA = [
@@ -80,7 +85,14 @@ _SCHEMA = [
     )""",
 ]
 
-_HEX_PREFIX = re.compile(r"(?:sha256:)?[a-f0-9]{1,64}")
+_HEX = frozenset("0123456789abcdef")
+
+
+def _is_hex_prefix(text: str, full: bool = False) -> bool:
+    """``[sha256:]`` then 1 to 64 lowercase hex digits (exactly 64 with ``full``)."""
+    hexpart = text.removeprefix("sha256:")
+    return (len(hexpart) == 64 if full else 0 < len(hexpart) <= 64) and _HEX.issuperset(hexpart)
+
 #: Active snapshots the store makes while unpacking (under a lease: the collector, which holds the lease
 #: exclusively, knows every one it sees is debris of a killed process).
 EXTRACT_PREFIX = "extract-"
@@ -88,10 +100,6 @@ EXTRACT_PREFIX = "extract-"
 
 class LayerAbandoned(InvalidArgument):
     """A layer applied ahead of its parent was given up: the parent failed or the pull was cancelled."""
-
-
-class Readable(Protocol):
-    def read(self, n: int = -1, /) -> bytes: ...
 
 
 @record(frozen=True)
@@ -136,24 +144,26 @@ class ImageStore:
 
     def __init__(self, root: str | os.PathLike[str], *, content: ContentStore | None = None,
                  snapshotter: Snapshotter | None = None, snapshotter_kind: str = "auto") -> None:
-        self.root = Path(root)
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.content = content if content is not None else ContentStore(self.root / "content")
+        self._root = os.path.abspath(root)
+        os.makedirs(self._root, mode=0o700, exist_ok=True)
+        self.content = content if content is not None else ContentStore(os.path.join(self._root, "content"))
         self._snapshotter = snapshotter
         self._snapshotter_kind = snapshotter_kind
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.root / "images.db", timeout=60.0, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
+        self._lock = _thread.RLock()
+        self._db = connect(os.path.join(self._root, "images.db"), threads=True)
         self._migrate()
+
+    @property
+    def root(self) -> Path:
+        from pathlib import Path
+
+        return Path(self._root)
 
     @property
     def snapshots(self) -> Snapshotter:
         """The snapshotter, opened on first use (choosing overlayfs may need a test mount)."""
         if self._snapshotter is None:
-            self._snapshotter = open_snapshotter(self.root / "snapshots", self._snapshotter_kind)
+            self._snapshotter = open_snapshotter(os.path.join(self._root, "snapshots"), self._snapshotter_kind)
         return self._snapshotter
 
     def close(self) -> None:
@@ -187,14 +197,14 @@ class ImageStore:
         now = time.time()
         with self._write() as db:
             row = db.execute("SELECT repo_digests FROM images WHERE id = ?", (image_id,)).fetchone()
-            repo_digests = set(json.loads(row["repo_digests"])) if row else set()
+            repo_digests = set(jsonc.loads(row["repo_digests"])) if row else set()
             repo_digests |= {f"{r}@{manifest_digest}" for r in repos}
             values = (
                 str(manifest_digest), manifest.media_type, manifest.config.media_type,
                 None if index_digest is None else str(index_digest), config.created, config.os,
                 config.architecture, config.variant,
-                json.dumps([d.to_dict() for d in layers]), json.dumps([str(d) for d in config.diff_ids]),
-                json.dumps(sorted(repo_digests)),
+                jsonc.dumps([d.to_dict() for d in layers]), jsonc.dumps([str(d) for d in config.diff_ids]),
+                jsonc.dumps(sorted(repo_digests)),
             )
             if row is None:
                 db.execute(
@@ -277,12 +287,12 @@ class ImageStore:
                 return str(row[0])
         ref = None
         with contextlib.suppress(InvalidArgument):
-            if not text.startswith("sha256:") and not re.fullmatch(r"[a-f0-9]{64}", text):
+            if not text.startswith("sha256:") and not _is_hex_prefix(text, full=True):
                 ref = Reference.parse(text)
         if ref is not None:
             with contextlib.suppress(NotFound):
                 return self._resolve_reference(ref, text)
-        if _HEX_PREFIX.fullmatch(text):
+        if _is_hex_prefix(text):
             rows = db.execute("SELECT id FROM images WHERE id LIKE ? LIMIT 2", (full + "%",)).fetchall()
             if len(rows) == 1:
                 return str(rows[0][0])
@@ -296,7 +306,7 @@ class ImageStore:
             rows = db.execute("SELECT id, repo_digests FROM images WHERE manifest_digest = ? OR index_digest = ?",
                               (str(ref.digest), str(ref.digest))).fetchall()
             for row in rows:  # prefer an image known under that repository
-                if any(rd.startswith(ref.name + "@") for rd in json.loads(row["repo_digests"])):
+                if any(rd.startswith(ref.name + "@") for rd in jsonc.loads(row["repo_digests"])):
                     return str(row["id"])
             if rows:
                 return str(rows[0]["id"])
@@ -312,14 +322,14 @@ class ImageStore:
             raise NotFound(f"image not known: {image_id}")
         names = tuple(r[0] for r in self._db.execute(
             "SELECT name FROM names WHERE image_id = ? ORDER BY added, name", (image_id,)))
-        diff_ids = tuple(Digest.parse(d) for d in json.loads(row["diff_ids"]))
+        diff_ids = tuple(Digest.parse(d) for d in jsonc.loads(row["diff_ids"]))
         return Image(
             id=Digest.parse(row["id"]),
             names=names,
             manifest_digest=Digest.parse(row["manifest_digest"]),
             manifest_media_type=row["manifest_media_type"],
             config_media_type=row["config_media_type"],
-            layers=tuple(Descriptor.from_json(d) for d in json.loads(row["layers"])),
+            layers=tuple(Descriptor.from_json(d) for d in jsonc.loads(row["layers"])),
             diff_ids=diff_ids,
             created=row["created"],
             added=row["added"],
@@ -327,7 +337,7 @@ class ImageStore:
             architecture=row["architecture"],
             variant=row["variant"],
             index_digest=None if row["index_digest"] is None else Digest.parse(row["index_digest"]),
-            repo_digests=tuple(json.loads(row["repo_digests"])),
+            repo_digests=tuple(jsonc.loads(row["repo_digests"])),
             chain_ids=tuple(chain_ids(diff_ids)),
         )
 
@@ -399,7 +409,7 @@ class ImageStore:
     def _chains_in_use(self, db: sqlite3.Connection) -> set[str]:
         used: set[str] = set()
         for row in db.execute("SELECT diff_ids FROM images"):
-            used.update(str(c) for c in chain_ids(Digest.parse(d) for d in json.loads(row[0])))
+            used.update(str(c) for c in chain_ids(Digest.parse(d) for d in jsonc.loads(row[0])))
         return used
 
     def _free_snapshots(self, chains: Sequence[Digest], in_use: set[str]) -> None:
@@ -448,7 +458,7 @@ class ImageStore:
                 if row["index_digest"]:
                     roots.append(Digest.parse(row["index_digest"]))
                 children[manifest] = [Digest.parse(row["id"])] + [
-                    Digest.parse(d["digest"]) for d in json.loads(row["layers"])
+                    Digest.parse(d["digest"]) for d in jsonc.loads(row["layers"])
                 ]
             freed = self.content.gc(roots, lambda d: children.get(d, []))
             self._gc_snapshots(in_use)
@@ -457,13 +467,16 @@ class ImageStore:
             os.close(fd)
 
     def _gc_snapshots(self, in_use: set[str]) -> None:
-        if self._snapshotter is None and not (self.root / "snapshots").exists():
+        if self._snapshotter is None and not os.path.exists(os.path.join(self._root, "snapshots")):
             return
         infos = self.snapshots.walk()
-        children = Counter(i.parent for i in infos if i.parent)
+        children: dict[str, int] = {}
+        for i in infos:
+            if i.parent:
+                children[i.parent] = children.get(i.parent, 0) + 1
         # A parent's id is always smaller than its children's: newest first removes leaves first.
         for info in sorted(infos, key=lambda i: i.id, reverse=True):
-            if children[info.key]:
+            if children.get(info.key):
                 continue
             debris = info.key.startswith(EXTRACT_PREFIX)
             orphan = info.kind == "committed" and info.key.startswith("sha256:") and info.key not in in_use
@@ -478,7 +491,7 @@ class ImageStore:
         self.snapshots.cleanup()
 
     def _lock_file(self, how: int) -> int:
-        fd = os.open(self.root / "images.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(os.path.join(self._root, "images.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, how)
         except BaseException:
@@ -656,11 +669,14 @@ class ImageStore:
             yield db
 
     def _migrate(self) -> None:
+        if self._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return  # the common case, without taking the write lock
         with self._write() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise InvalidArgument(
-                    f"{self.root / 'images.db'}: schema version {version} is newer than this berth ({SCHEMA_VERSION})"
+                    f"{os.path.join(self._root, 'images.db')}: schema version {version} is newer than "
+                    f"this berth ({SCHEMA_VERSION})"
                 )
             if version < 1:
                 for statement in _SCHEMA:

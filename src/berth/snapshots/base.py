@@ -26,28 +26,33 @@ between leaves an orphan directory that :meth:`Snapshotter.cleanup` removes.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
-import json
 import os
 import sqlite3
 import stat
 import sys
-import threading
 import time
-from collections.abc import Iterator, Mapping
-from pathlib import Path
-from typing import Any
 
 from berth.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Unsupported
+from berth.oci import jsonc
 from berth.record import field, record
-from berth.sqlitedb import write
+from berth.sqlitedb import connect, write
+
+# Preparing and removing a container's snapshot is on `berth run`'s path: paths are strings and the
+# labels go through berth.oci.jsonc, so pathlib, json, re, typing and threading (~8 ms) stay off it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+    from pathlib import Path
+    from typing import Any
 
 _FS_IOC_GETFLAGS = 0x80086601
 _FS_IOC_SETFLAGS = 0x40086602
 _FS_TOPDIR_FL = 0x00020000
 
 
-def spread_subdirectories(path: Path) -> bool:
+def spread_subdirectories(path: str) -> bool:
     """Mark ``path`` the top of directory hierarchies (ext4's ``chattr +T``); whether it now is.
 
     Why: ext4 puts a new directory's inode in its parent's block group, and, without a journal (as on
@@ -165,16 +170,13 @@ class Snapshotter:
     independent_layers = False
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not (self.root / "metadata.db").exists():  # a new store (a check only: berth run opens one)
-            spread_subdirectories(self.root)
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.root / "metadata.db", timeout=60.0, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
+        self._root = os.path.abspath(root)
+        os.makedirs(self._root, mode=0o700, exist_ok=True)
+        db_path = os.path.join(self._root, "metadata.db")
+        if not os.path.exists(db_path):  # a new store (a check only: berth run opens one)
+            spread_subdirectories(self._root)
+        self._lock = _thread.RLock()
+        self._db = connect(db_path, threads=True)
         self._migrate()
 
     def close(self) -> None:
@@ -204,9 +206,9 @@ class Snapshotter:
                 raise InvalidArgument(f"snapshot {key!r} is a {row['kind']} snapshot; only active ones commit")
             if self._find(db, name) is not None:
                 raise AlreadyExists(f"snapshot {name!r} already exists")
-            merged = {**json.loads(row["labels"]), **(labels or {})}
+            merged = {**jsonc.loads(row["labels"]), **(labels or {})}
             db.execute("UPDATE snapshots SET key = ?, kind = ?, updated = ?, labels = ? WHERE id = ?",
-                       (name, COMMITTED, time.time(), json.dumps(merged, sort_keys=True), row["id"]))
+                       (name, COMMITTED, time.time(), _labels_json(merged), row["id"]))
         return self.stat(name)
 
     def adopt(self, key: str, parent: str) -> None:
@@ -271,18 +273,25 @@ class Snapshotter:
         """Bytes and inodes of the snapshot's own tree (hardlinks counted once)."""
         return tree_usage(self.fs_path(self.stat(key).id))
 
-    def fs_path(self, snapshot_id: int) -> Path:
-        return self.root / str(snapshot_id) / "fs"
+    @property
+    def root(self) -> Path:
+        from pathlib import Path
+
+        return Path(self._root)
+
+    def fs_path(self, snapshot_id: int) -> str:
+        """The snapshot's tree (the upper directory of an overlay snapshot)."""
+        return os.path.join(self._root, str(snapshot_id), "fs")
 
     def cleanup(self) -> int:
         """Remove directories no snapshot owns (left by a crash); return how many."""
-        spread_subdirectories(self.root)  # for roots made before berth set it
+        spread_subdirectories(self._root)  # for roots made before berth set it
         removed = 0
         with self._write() as db:
             ids = {r[0] for r in db.execute("SELECT id FROM snapshots")}
-            for name in os.listdir(self.root):
+            for name in os.listdir(self._root):
                 if name.isdigit() and int(name) not in ids:
-                    _rmtree(self.root / name)
+                    _rmtree(os.path.join(self._root, name))
                     removed += 1
         return removed
 
@@ -290,9 +299,8 @@ class Snapshotter:
 
     def _make_tree(self, snapshot_id: int) -> None:
         """Create ``<id>/`` and what the snapshot kind needs in it (called inside the write transaction)."""
-        base = self.root / str(snapshot_id)
-        base.mkdir(mode=0o700)
-        self.fs_path(snapshot_id).mkdir(mode=0o755)
+        os.mkdir(os.path.join(self._root, str(snapshot_id)), 0o700)
+        os.mkdir(self.fs_path(snapshot_id), 0o755)
 
     def _populate(self, info: Info, chain: list[int]) -> None:
         """Fill a new snapshot's tree from its parents (after the row is committed). Default: nothing."""
@@ -318,14 +326,14 @@ class Snapshotter:
                 parent_id = prow["id"]
             cur = db.execute(
                 "INSERT INTO snapshots (key, kind, parent, created, updated, labels) VALUES (?, ?, ?, ?, ?, ?)",
-                (key, kind, parent_id, now, now, json.dumps(dict(labels or {}), sort_keys=True)),
+                (key, kind, parent_id, now, now, _labels_json(labels or {})),
             )
             snapshot_id = cur.lastrowid
             assert snapshot_id is not None
             try:
                 self._make_tree(snapshot_id)
             except BaseException:
-                _rmtree(self.root / str(snapshot_id))
+                _rmtree(os.path.join(self._root, str(snapshot_id)))
                 raise
         info = self.stat(key)
         with self._lock:
@@ -368,7 +376,7 @@ class Snapshotter:
     @staticmethod
     def _info(row: Any) -> Info:
         return Info(key=row["key"], kind=row["kind"], parent=row["parent_key"], created=row["created"],
-                    updated=row["updated"], labels=json.loads(row["labels"]), id=row["id"])
+                    updated=row["updated"], labels=jsonc.loads(row["labels"]), id=row["id"])
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -377,14 +385,16 @@ class Snapshotter:
             yield db
 
     def _remove_dir(self, snapshot_id: int) -> None:
-        _rmtree(self.root / str(snapshot_id))
+        _rmtree(os.path.join(self._root, str(snapshot_id)))
 
     def _migrate(self) -> None:
+        if self._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return  # the common case, without taking the write lock
         with self._write() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise InvalidArgument(
-                    f"{self.root / 'metadata.db'}: schema version {version} is newer than this berth "
+                    f"{os.path.join(self._root, 'metadata.db')}: schema version {version} is newer than this berth "
                     f"({SCHEMA_VERSION})"
                 )
             if version < 1:
@@ -404,22 +414,16 @@ def _check_key(key: str) -> None:
         raise InvalidArgument(f"invalid snapshot key {key!r}")
 
 
-def _rmtree(path: Path) -> None:
+def _labels_json(labels: Mapping[str, str]) -> str:
+    """Labels as stored: keys sorted, so equal label sets are equal rows."""
+    return jsonc.dumps(dict(sorted(labels.items())))
+
+
+def _rmtree(path: str) -> None:
     """Remove a snapshot directory, whatever modes its contents have (overlay leaves a 000 work/work)."""
-    def onerror(func: Any, p: str, exc: Any) -> None:
-        if isinstance(exc[1], FileNotFoundError):
-            return
-        parent = os.path.dirname(p)
-        with contextlib.suppress(OSError):
-            os.chmod(parent, 0o700)
-            if os.path.isdir(p) and not os.path.islink(p):
-                os.chmod(p, 0o700)
-        func(p)
+    from berth.fsutil import remove_tree
 
-    if os.path.lexists(path):
-        import shutil  # on removal only: it imports bz2 and lzma
-
-        shutil.rmtree(path, onerror=onerror)
+    remove_tree(path)
 
 
 def tree_usage(path: str | os.PathLike[str]) -> Usage:

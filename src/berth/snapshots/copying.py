@@ -28,9 +28,9 @@ class CopySnapshotter(Snapshotter):
 
     def _mounts(self, info: Info, chain: list[int]) -> list[Mount]:
         if info.kind == ACTIVE:
-            return [Mount("bind", str(self.fs_path(chain[0])), ("rbind", "rw"))]
+            return [Mount("bind", self.fs_path(chain[0]), ("rbind", "rw"))]
         source = chain[1] if info.kind == VIEW and len(chain) > 1 else chain[0]
-        return [Mount("bind", str(self.fs_path(source)), ("rbind", "ro"))]
+        return [Mount("bind", self.fs_path(source), ("rbind", "ro"))]
 
 
 def copy_tree(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:

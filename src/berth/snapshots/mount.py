@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
-from collections.abc import Iterable
-from pathlib import Path
 
 from berth.kernel import syscalls as sc
 from berth.snapshots.base import Mount
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 CLONE_FS = 0x00000200
 
@@ -61,6 +62,8 @@ def _mount_from(cwd: str, source: str, target: str, fstype: str, flags: int, dat
         except BaseException as exc:
             error.append(exc)
 
+    import threading  # only for overlays whose options had to be made relative
+
     thread = threading.Thread(target=run, name="berth-mount")
     thread.start()
     thread.join()
@@ -83,7 +86,7 @@ def overlay_supported(root: str | os.PathLike[str]) -> bool:
                 return False
     except OSError:
         return False
-    Path(root).mkdir(parents=True, exist_ok=True)
+    os.makedirs(root, exist_ok=True)
     import tempfile  # only for the one-time overlay probe
 
     tmp = tempfile.mkdtemp(prefix=".overlay-check-", dir=root)

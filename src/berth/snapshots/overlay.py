@@ -48,10 +48,10 @@ class OverlaySnapshotter(Snapshotter):
         # mounts that share lowers; off is the kernel's usual default, set explicitly when it exists.
         self._extra: tuple[str, ...] = ("index=off",) if os.path.exists("/sys/module/overlay/parameters/index") \
             else ()
-        self._relative_only = any(c in str(self.root) for c in _UNSAFE)
+        self._relative_only = any(c in self._root for c in _UNSAFE)
 
     def work_path(self, snapshot_id: int) -> str:
-        return str(self.root / str(snapshot_id) / "work")
+        return os.path.join(self._root, str(snapshot_id), "work")
 
     def _make_tree(self, snapshot_id: int) -> None:
         super()._make_tree(snapshot_id)
@@ -61,11 +61,11 @@ class OverlaySnapshotter(Snapshotter):
         own, parents = chain[0], chain[1:]
         if info.kind == ACTIVE:
             if not parents:
-                return [Mount("bind", str(self.fs_path(own)), ("rbind", "rw"))]
+                return [Mount("bind", self.fs_path(own), ("rbind", "rw"))]
             return [self._overlay(parents, own)]
         layers = parents if info.kind == VIEW else chain
         if len(layers) <= 1:
-            return [Mount("bind", str(self.fs_path(layers[0] if layers else own)), ("rbind", "ro"))]
+            return [Mount("bind", self.fs_path(layers[0] if layers else own), ("rbind", "ro"))]
         return [self._overlay(layers, None)]
 
     def _overlay(self, lowers: list[int], upper: int | None) -> Mount:
@@ -81,10 +81,10 @@ class OverlaySnapshotter(Snapshotter):
             return tuple(opts)
 
         if not self._relative_only:
-            absolute = options(str(self.root) + "/")
+            absolute = options(self._root + "/")
             if len(",".join(absolute)) <= _option_limit():
                 return Mount("overlay", "overlay", absolute)
         relative = options("")
         if len(",".join(relative)) > _option_limit():
             raise Unsupported(f"overlay options for {len(lowers)} layers exceed the kernel's page-size limit")
-        return Mount("overlay", "overlay", relative, cwd=str(self.root))
+        return Mount("overlay", "overlay", relative, cwd=self._root)
