@@ -1,165 +1,198 @@
-"""Network set-up cost: berth's network layer vs netavark (Podman's), one container at a time, in one run.
+"""Networking, berth vs Podman in one run: set-up cost and throughput through a published port.
 
-Everything happens inside a private network namespace playing the host, with ``ip netns add``
-namespaces playing containers, so the machine's own network is untouched. For each stack, N
-containers join one bridge network (with a published port and the network's name server) and leave
-again, interleaved with the other stack; printed are medians per container of:
+- **Set-up cost**: the median wall time of ``run --rm IMAGE true`` on the default bridge network minus
+  the same with ``--network none``, for each engine, all four commands interleaved. What is left is what
+  joining the bridge costs a daemonless CLI: network-layer imports, the address lease, the veth pair,
+  firewall rules and /etc files, and tearing it all down again. The goal: berth's at or below Podman's.
+- **Throughput**: ``iperf3 -s`` in a container with ``-p 127.0.0.1:PORT:5201`` on the bridge, the host's
+  ``iperf3 -c 127.0.0.1 -p PORT`` as client, rounds alternating between the engines; the median of each.
+  The goal: berth within 10% of Podman.
 
-- ``berth connect (in process)``: ``Networks.connect`` once berth's modules and pyroute2 are imported —
-  what a long-lived caller (the API service) pays;
-- ``berth connect (process)``: a fresh interpreter doing the same — what daemonless ``berth run`` pays,
-  imports included;
-- ``netavark setup``: the ``netavark setup`` command as Podman runs it;
-
-and the same for leaving (``release_container`` / ``netavark teardown``). Run as root:
-``.venv/bin/python bench/network_bench.py [-n 10]``.
+The image is busybox plus the host's iperf3 binary and the libraries ldd lists, imported into both
+engines' private storage (Podman's --root, --runroot and network config dir are temporary, with a
+containers.conf of its own). Run as root: ``.venv/bin/python bench/network_bench.py [-n 20] [-r 3]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
-import uuid
-from collections.abc import Callable
+from pathlib import Path
 
-NETAVARK = "/usr/lib/podman/netavark"
-AARDVARK = "/usr/lib/podman/aardvark-dns"
-BERTH_CODE = """
-import sys
-from berth.network.manager import Networks, Settings
-db, run, action, cid, netns, port = sys.argv[1:]
-n = Networks(db, Settings(run_dir=run, dns_upstreams=("127.0.0.1:9",)))
-if action == "up":
-    n.connect(cid, netns, "bench", name=cid, publish=[port + ":80"])
-else:
-    n.release_container(cid)
+VENV_BIN = Path(sys.executable).parent
+IMAGE = "localhost/bench-netbox:latest"
+PODMAN_CONF = """[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+runtime = "runc"
 """
 
 
-ROWS = [
-    ("berth connect (in process)", "netavark setup"),
-    ("berth connect (process)", "netavark setup"),
-    ("netavark setup", "netavark setup"),
-    ("berth release (in process)", "netavark teardown"),
-    ("berth release (process)", "netavark teardown"),
-    ("netavark teardown", "netavark teardown"),
-]
+def image_tar(dest: Path) -> Path:
+    """busybox, and iperf3 with the shared libraries it needs, as a rootfs tarball."""
+    rootfs = dest / "rootfs"
+    for d in ("bin", "proc", "sys", "dev", "etc", "tmp", "usr/bin"):
+        (rootfs / d).mkdir(parents=True)
+    (rootfs / "tmp").chmod(0o1777)
+    shutil.copy2("/bin/busybox", rootfs / "bin/busybox")
+    for applet in ("sh", "true", "sleep"):
+        (rootfs / "bin" / applet).symlink_to("busybox")
+    iperf3 = shutil.which("iperf3")
+    if iperf3:
+        shutil.copy2(iperf3, rootfs / "usr/bin/iperf3")
+        ldd = subprocess.run(["ldd", iperf3], capture_output=True, text=True, check=True).stdout
+        for line in ldd.splitlines():
+            path = next((w for w in line.split() if w.startswith("/")), None)
+            if path:
+                target = rootfs / path.lstrip("/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(os.path.realpath(path), target)
+    (rootfs / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    tar = dest / "rootfs.tar"
+    with tarfile.open(tar, "w") as tf:
+        tf.add(rootfs, arcname=".")
+    return tar
 
 
-def sh(*argv: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False, input=input)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:6])}...: {proc.stderr.strip()} {proc.stdout.strip()}")
-    return proc
+class Engines:
+    """The command lines of both engines on private storage."""
+
+    def __init__(self, base: Path, tar: Path) -> None:
+        self.env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        self.base = str(base)
+        self.runroot = f"/run/{base.name}"
+        self.cli: dict[str, list[str]] = {
+            "berth": [str(VENV_BIN / "berth"), "--root", str(base / "berth"), "--runroot", self.runroot],
+        }
+        podman = shutil.which("podman")
+        if podman:
+            conf = base / "containers.conf"
+            conf.write_text(PODMAN_CONF)
+            self.env["CONTAINERS_CONF"] = str(conf)
+            self.cli["podman"] = [podman, "--root", str(base / "podman"), "--runroot", str(base / "podman-run"),
+                                  "--network-config-dir", str(base / "podman-net"), "--storage-driver", "overlay"]
+        for argv in self.cli.values():
+            self.run(argv, "import", str(tar), IMAGE)
+
+    def run(self, argv: list[str], *args: str, check: bool = True) -> str:
+        res = subprocess.run([*argv, *args], capture_output=True, text=True, env=self.env)
+        if check and res.returncode != 0:
+            raise RuntimeError(f"{os.path.basename(argv[0])} {' '.join(args[:4])}...: {res.stderr.strip()}")
+        return res.stdout
+
+    def cleanup(self) -> None:
+        for name, argv in self.cli.items():
+            ids = self.run(argv, "ps", "-aq", check=False).split()
+            if ids:
+                subprocess.run([*argv, "rm", "-f", *ids], capture_output=True, env=self.env, check=False)
+            if name == "podman":
+                subprocess.run([*argv, "system", "reset", "-f"], capture_output=True, env=self.env, check=False)
+        with open("/proc/self/mounts") as f:
+            mounts = [line.split()[1] for line in f]
+        for point in reversed(mounts):  # what podman leaves mounted in its storage, and berth's runroot
+            if point.startswith((self.base, self.runroot)):
+                subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+        shutil.rmtree(self.runroot, ignore_errors=True)
 
 
-def netns(prefix: str) -> str:
-    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    sh("ip", "netns", "add", name)
-    sh("ip", "netns", "exec", name, "ip", "link", "set", "lo", "up")
-    return name
+def setup_cost(eng: Engines, n: int) -> dict[str, float]:
+    """Median ``run --rm`` times on bridge and none; returns engine → bridge minus none (seconds)."""
+    variants = {(name, net): [*argv, "run", "--rm", "--network", net, IMAGE, "true"]
+                for name, argv in eng.cli.items() for net in ("bridge", "none")}
+    times: dict[tuple[str, str], list[float]] = {k: [] for k in variants}
+    for i in range(-2, n):  # two warm-up rounds: page cache, the default network's first creation
+        for key, argv in variants.items():
+            start = time.perf_counter()
+            eng.run(argv)
+            t = time.perf_counter() - start
+            if i >= 0:
+                times[key].append(t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"set-up cost: run --rm of true, {n} runs each, interleaved (median ms)")
+    print(f"  {'':8} {'bridge':>8} {'none':>8} {'cost':>8}")
+    cost = {}
+    for name in eng.cli:
+        cost[name] = med[(name, "bridge")] - med[(name, "none")]
+        print(f"  {name:8} {med[(name, 'bridge')] * 1e3:8.1f} {med[(name, 'none')] * 1e3:8.1f} {cost[name] * 1e3:8.1f}")
+    if "podman" in cost:
+        print(f"  berth's set-up cost / podman's: {cost['berth'] / cost['podman']:.2f}")
+    return cost
 
 
-def netavark_options(cid: str, k: int) -> str:
-    return json.dumps({
-        "container_id": cid, "container_name": f"c{k}",
-        "networks": {"nvbench": {"interface_name": "eth0", "static_ips": [f"10.66.0.{k + 2}"]}},
-        "network_info": {"nvbench": {
-            "name": "nvbench", "id": "a" * 64, "driver": "bridge", "network_interface": "nvbench0",
-            "subnets": [{"subnet": "10.66.0.0/24", "gateway": "10.66.0.1"}], "ipv6_enabled": False,
-            "internal": False, "dns_enabled": True, "ipam_options": {"driver": "host-local"},
-        }},
-        "port_mappings": [{"host_ip": "", "container_port": 80, "host_port": 20000 + k, "range": 1, "protocol": "tcp"}],
-    })  # fmt: skip
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def iperf_round(eng: Engines, name: str, seconds: int) -> float:
+    """One iperf3 run through a published port on 127.0.0.1; returns received bits per second."""
+    port = free_port()
+    argv = eng.cli[name]
+    cid = eng.run(argv, "run", "-d", "--network", "bridge", "-p", f"127.0.0.1:{port}:5201", IMAGE,
+                  "iperf3", "-s", "-1").strip()
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            res = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J"],
+                                 capture_output=True, text=True, check=False)
+            if res.returncode == 0:
+                return float(json.loads(res.stdout)["end"]["sum_received"]["bits_per_second"])
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"iperf3 through {name}: {res.stdout[-300:]} {res.stderr[-300:]}")
+            time.sleep(0.2)
+    finally:
+        subprocess.run([*argv, "rm", "-f", cid], capture_output=True, env=eng.env, check=False)
+
+
+def throughput(eng: Engines, rounds: int, seconds: int) -> None:
+    if shutil.which("iperf3") is None:
+        print("throughput: iperf3 is not installed (apt-get install iperf3): skipped")
+        return
+    rates: dict[str, list[float]] = {name: [] for name in eng.cli}
+    for _ in range(rounds):
+        for name in eng.cli:
+            rates[name].append(iperf_round(eng, name, seconds))
+    print(f"throughput: iperf3 -c 127.0.0.1 -> -p PORT:5201 on the bridge, {rounds} x {seconds} s, median Gbit/s")
+    med = {name: statistics.median(r) for name, r in rates.items()}
+    for name, r in rates.items():
+        shown = " ".join(f"{x / 1e9:.2f}" for x in r)
+        print(f"  {name:8} {med[name] / 1e9:8.2f}   (rounds: {shown})")
+    if "podman" in med:
+        print(f"  berth / podman: {med['berth'] / med['podman']:.2f}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-n", type=int, default=10, help="containers per stack (default 10)")
+    parser.add_argument("-n", type=int, default=20, help="run --rm repetitions per variant (default 20)")
+    parser.add_argument("-r", type=int, default=3, help="iperf3 rounds per engine (default 3)")
+    parser.add_argument("-t", type=int, default=5, help="seconds per iperf3 round (default 5)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("run as root", file=sys.stderr)
         return 2
-    has_netavark = os.access(NETAVARK, os.X_OK)
-    host = netns("bench-host")
-    work = tempfile.mkdtemp(prefix="berth-netbench-")
-    db, run, nvconf = f"{work}/berth.db", f"{work}/run", f"{work}/netavark"
-    os.makedirs(nvconf)
-    spaces: list[str] = []
-    results: dict[str, list[float]] = {}
-
-    def in_host(*argv: str, stdin: str | None = None) -> None:
-        sh("ip", "netns", "exec", host, *argv, input=stdin)
-
-    from berth.kernel.syscalls import CLONE_NEWNET, setns
-    from berth.network.manager import Networks, Settings
-
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        in_host(sys.executable, "-c", f"from berth.network.manager import Networks, Settings; "
-                f"Networks({db!r}, Settings(run_dir={run!r})).create('bench')")  # fmt: skip
-        target = os.open(f"/run/netns/{host}", os.O_RDONLY)
-        setns(target, CLONE_NEWNET)
-        os.close(target)
-        nets = Networks(db, Settings(run_dir=run, dns_upstreams=("127.0.0.1:9",)))
-        nets.create("bench-in")
-        def record(row: str, fn: Callable[..., object], *argv: object, **kw: object) -> None:
-            t = time.perf_counter()
-            fn(*argv, **kw)
-            results.setdefault(row, []).append(time.perf_counter() - t)
-
-        ids = [(f"ip{k:04d}", f"pp{k:04d}", f"{k:04d}" + "b" * 60) for k in range(args.n)]
-        for k, (cid_a, cid_b, cid_c) in enumerate(ids):
-            a, b, c = netns("bench-c"), netns("bench-c"), netns("bench-c")
-            spaces += [a, b, c]
-            record("berth connect (in process)", nets.connect, cid_a, f"/run/netns/{a}", "bench-in", name=cid_a,
-                   publish=[f"{21000 + k}:80"])  # fmt: skip
-            record("berth connect (process)", in_host, sys.executable, "-c", BERTH_CODE, db, run, "up", cid_b,
-                   f"/run/netns/{b}", str(22000 + k))  # fmt: skip
-            if has_netavark:
-                record("netavark setup", in_host, NETAVARK, "--config", nvconf, "--aardvark-binary", AARDVARK,
-                       "setup", f"/run/netns/{c}", stdin=netavark_options(cid_c, k))  # fmt: skip
-        for k, (cid_a, cid_b, cid_c) in enumerate(ids):
-            record("berth release (in process)", nets.release_container, cid_a)
-            record("berth release (process)", in_host, sys.executable, "-c", BERTH_CODE, db, run, "down", cid_b,
-                   "-", "0")  # fmt: skip
-            if has_netavark:
-                record("netavark teardown", in_host, NETAVARK, "--config", nvconf, "--aardvark-binary", AARDVARK,
-                       "teardown", f"/run/netns/{spaces[3 * k + 2]}", stdin=netavark_options(cid_c, k))  # fmt: skip
-        nets.remove("bench-in")
-        nets.remove("bench")
-    finally:
-        with contextlib.suppress(Exception):
-            Networks(db, Settings(run_dir=run)).gc(live_containers=[])  # after a failure: stop name servers
-        setns(home, CLONE_NEWNET)
-        for name in [*spaces, host]:
-            subprocess.run(["ip", "netns", "del", name], check=False)
-        shutil.rmtree(work, ignore_errors=True)
-
-    floors = []
-    for _ in range(5):
-        t = time.perf_counter()
-        sh(sys.executable, "-c", "pass")
-        floors.append(time.perf_counter() - t)
-    floor = statistics.median(floors)
-    print(f"network set-up per container, {args.n} containers each (the first one also creates the network)")
-    print(f"{'':30} {'median ms':>10} {'first ms':>9} {'vs netavark':>12}")
-    for name, ref in ROWS:
-        if name in results:
-            med = statistics.median(results[name])
-            ratio = f"{med / statistics.median(results[ref]):.2f}x" if ref in results else "-"
-            print(f"{name:30} {med * 1000:10.1f} {results[name][0] * 1000:9.1f} {ratio:>12}")
-    if not has_netavark:
-        print(f"(netavark not found at {NETAVARK}: no comparison)")
-    print(f"python interpreter start (floor): {floor * 1000:.1f} ms")
+    with tempfile.TemporaryDirectory(prefix="berth-net-bench-") as tmp:
+        base = Path(tmp)
+        eng = Engines(base, image_tar(base))
+        try:
+            if "podman" not in eng.cli:
+                print("podman is not installed: berth's figures only, no comparison")
+            setup_cost(eng, args.n)
+            throughput(eng, args.r, args.t)
+        finally:
+            eng.cleanup()
     return 0
 
 

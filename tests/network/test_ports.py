@@ -105,3 +105,14 @@ def test_bindable_sees_a_listener() -> None:
         assert not bindable("udp", "127.0.0.1", u.getsockname()[1])
     with pytest.raises(InvalidArgument, match="not an address of this host"):
         bindable("tcp", "203.0.113.7", 80)
+
+
+def test_ps_column_folds_ranges_and_orders_by_container_port() -> None:
+    from berth.network.ports import format_ports
+
+    mappings = [PortMapping("udp", "0.0.0.0", 9001, 53), PortMapping("tcp", "0.0.0.0", 8080, 80),
+                PortMapping("udp", "0.0.0.0", 9002, 54), PortMapping("tcp", "127.0.0.1", 7000, 7000),
+                PortMapping("udp", "0.0.0.0", 9000, 52), PortMapping("tcp", "0.0.0.0", 8443, 443)]
+    assert format_ports(mappings) == ("0.0.0.0:9000-9002->52-54/udp, 0.0.0.0:8080->80/tcp, "
+                                      "0.0.0.0:8443->443/tcp, 127.0.0.1:7000->7000/tcp")
+    assert format_ports([]) == ""

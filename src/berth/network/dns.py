@@ -247,7 +247,13 @@ class Server:
         self.resolv_conf = args.resolv_conf
         self._resolv_cache: tuple[float, list[tuple[str, int]]] = (-1.0, [])
         self._local = threading.local()
-        row = self._db().execute("SELECT subnet FROM net_networks WHERE name = ?", (self.network,)).fetchone()
+        # A connection of its own, closed at once: the process forks after this, and an SQLite
+        # connection carried across fork() leaves the child's readers on a frozen WAL snapshot.
+        conn = sqlite3.connect(self.db_path, timeout=5.0)
+        try:
+            row = conn.execute("SELECT subnet FROM net_networks WHERE name = ?", (self.network,)).fetchone()
+        finally:
+            conn.close()
         if row is None:
             raise SystemExit(f"network {self.network} is not in {self.db_path}")
         self.subnet = IPv4Network(row[0])

@@ -30,12 +30,12 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from berth.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, PermissionDenied, Unsupported
 from berth.network.ports import PortCheck, PortMapping, PortSpec, bindable, resolve
+from berth.record import field, record
 from berth.sqlitedb import write
 
 SCHEMA_COMPONENT = "network"
@@ -105,7 +105,7 @@ CREATE INDEX net_ports_by_container ON net_ports(network, container_id);
 _MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Pool:
     """Where networks get their subnets when the user names none (all configurable).
 
@@ -118,7 +118,7 @@ class Pool:
     user_prefixlen: int = 24
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Network:
     name: str
     id: str
@@ -139,7 +139,7 @@ class Network:
         return self.subnet.prefixlen
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Lease:
     network: str
     container_id: str
@@ -586,6 +586,15 @@ class IPAM:
             query += " WHERE " + " AND ".join(where)
         rows = self.conn.execute(query + " ORDER BY created, rowid", args).fetchall()
         return [lease for n, c in rows if (lease := self._lease(n, c)) is not None]
+
+    def all_ports(self) -> dict[str, list[PortMapping]]:
+        """Container id → its published ports, in one query (``ps``)."""
+        out: dict[str, list[PortMapping]] = {}
+        for cid, *mapping in self.conn.execute(
+            "SELECT container_id, proto, host_ip, host_port, container_port FROM net_ports ORDER BY rowid"
+        ):
+            out.setdefault(cid, []).append(PortMapping(*mapping))
+        return out
 
     def count_leases(self, network: str) -> int:
         return int(self.conn.execute("SELECT count(*) FROM net_leases WHERE network = ?", (network,)).fetchone()[0])

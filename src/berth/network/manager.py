@@ -26,7 +26,6 @@ import os
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from berth.errors import Conflict, InvalidArgument, NotFound, Unsupported
@@ -34,6 +33,16 @@ from berth.network import bridge, dns, files, ipam
 from berth.network.ipam import IPAM, Lease, Network, Pool
 from berth.network.nat import Firewall, firewall
 from berth.network.ports import PortCheck, PortMapping, PortSpec, parse
+from berth.record import field, record
+
+
+def crash_point(step: str) -> None:
+    """A testing aid for crash safety: ``BERTH_NET_CRASH_AT=STEP`` SIGKILLs this process at that point
+    of a container's network set-up (netns, lease, infra, veth, ports, files), as an OOM kill would."""
+    if os.environ.get("BERTH_NET_CRASH_AT") == step:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def default_run_dir() -> str:
@@ -43,7 +52,7 @@ def default_run_dir() -> str:
     return "/run/berth/network"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Settings:
     run_dir: str = field(default_factory=default_run_dir)
     pool: Pool = field(default_factory=Pool)
@@ -60,7 +69,7 @@ class Settings:
     firewall: str = "auto"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Endpoint:
     """A container's presence on one network, as ``inspect`` shows it and the files need it."""
 
@@ -205,6 +214,7 @@ class Networks:
                 dns_servers=dns_servers, ports=specs, port_busy=port_check,
             )  # fmt: skip
             try:
+                crash_point("lease")
                 self._ensure_infra(net)
             except BaseException:
                 self.ipam.release(net.name, container_id)
@@ -213,9 +223,12 @@ class Networks:
                         self._teardown(net)
                 raise
         try:
+            crash_point("infra")
             host = bridge.attach(netns, net, container_id, lease.ip, lease.mac, ifname)
+            crash_point("veth")
             if lease.ports:
                 self.firewall.publish(container_id, net, lease.ip, lease.ports)
+                crash_point("ports")
         except BaseException:
             with contextlib.suppress(Exception):
                 self.disconnect(container_id, net.name)
@@ -305,6 +318,15 @@ class Networks:
 
     # -- maintenance ------------------------------------------------------------------------------
 
+    def teardown_idle(self) -> None:
+        """Remove the host side (name server, rules, bridge) of every network no container uses, as
+        the last container's leaving would have had it not been killed first."""
+        for net in self.ipam.list_networks():
+            if self.ipam.count_leases(net.name) == 0:
+                with self._lock(net.name):
+                    if self.ipam.count_leases(net.name) == 0:
+                        self._teardown(net)
+
     def gc(self, live_containers: Iterable[str] | None = None) -> None:
         """Bring the host in line with the database after crashes: with ``live_containers`` given,
         containers not in it lose their leases; networks without leases lose their host side; bridges,
@@ -318,11 +340,7 @@ class Networks:
         leased = {(lease.network, lease.container_id) for lease in self.ipam.leases()}
         in_use = {n for n, _ in leased}
         bridges_in_use = {nets[n].bridge for n in in_use}
-        for net in nets.values():
-            if net.name not in in_use:
-                with self._lock(net.name):
-                    if self.ipam.count_leases(net.name) == 0:
-                        self._teardown(net)
+        self.teardown_idle()
         for link in bridge.links():
             cid = link.container_id
             stray_bridge = link.kind == "bridge" and link.name not in bridges_in_use

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import random
 import socket
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 from berth.errors import Conflict, InvalidArgument
+from berth.record import record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import random
 
 PROTOCOLS = ("tcp", "udp")
 #: Where ports for ``-P`` and for an empty host port are drawn from; the kernel's default
@@ -23,7 +26,7 @@ PROTOCOLS = ("tcp", "udp")
 RANDOM_PORTS = range(40000, 50000)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PortSpec:
     """One ``-p`` flag as written: host ports may be 0 (any), ranges are inclusive."""
 
@@ -52,7 +55,7 @@ class PortSpec:
         return f"{prefix}{span(self.container_start, self.container_end)}/{self.proto}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PortMapping:
     """One concrete forwarded port: what the nft rules, the database and ``berth port`` show."""
 
@@ -63,6 +66,30 @@ class PortMapping:
 
     def __str__(self) -> str:
         return f"{self.container_port}/{self.proto} -> {self.host_ip}:{self.host_port}"
+
+
+def format_ports(mappings: Iterable[PortMapping]) -> str:
+    """The PORTS column of ``ps``, as Docker prints it: ``0.0.0.0:8080->80/tcp``, with consecutive
+    ports folded into ranges (``0.0.0.0:9000-9002->9000-9002/udp``), ordered by container port."""
+    ordered = sorted(mappings, key=lambda m: (m.host_ip, m.proto, m.container_port, m.host_port))
+    groups: list[list[PortMapping]] = []
+    for m in ordered:
+        last = groups[-1][-1] if groups else None
+        if (last is not None and (last.host_ip, last.proto) == (m.host_ip, m.proto)
+                and m.container_port == last.container_port + 1 and m.host_port == last.host_port + 1):
+            groups[-1].append(m)
+        else:
+            groups.append([m])
+
+    def span(a: int, b: int) -> str:
+        return str(a) if a == b else f"{a}-{b}"
+
+    groups.sort(key=lambda g: (g[0].container_port, g[0].host_port, g[0].proto, g[0].host_ip))
+    return ", ".join(
+        f"{g[0].host_ip}:{span(g[0].host_port, g[-1].host_port)}->"
+        f"{span(g[0].container_port, g[-1].container_port)}/{g[0].proto}"
+        for g in groups
+    )
 
 
 def _port_range(text: str, what: str, spec: str) -> tuple[int, int]:
@@ -152,7 +179,10 @@ def resolve(specs: Sequence[PortSpec], busy: PortCheck, rng: random.Random | Non
     A fixed host port that is not free raises Conflict naming it: the container must not start. Two
     specs of one request claiming the same host port is an InvalidArgument.
     """
-    rng = rng or random.Random()
+    if rng is None:
+        import random  # only when some host port is left for berth to choose
+
+        rng = random.Random()
     out: list[PortMapping] = []
     taken: set[tuple[str, str, int]] = set()
 
