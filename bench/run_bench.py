@@ -1,5 +1,6 @@
 """``berth run --rm IMAGE true`` vs ``podman run --rm --network none IMAGE true``, same image from
-local storage, interleaved in one run; plus the monitor's memory next to conmon's (PSS).
+local storage, interleaved in one run. The supervisor's memory next to conmon's is
+``monitor_bench.py``.
 
 Run as root: ``.venv/bin/python bench/run_bench.py [-n 20]``.
 """
@@ -35,11 +36,21 @@ def busybox_tar(dest: Path) -> Path:
     return tar
 
 
-def pss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    return 0
+def podman_setup(base: Path, env: dict[str, str], tar: Path | None = None) -> list[str]:
+    """The argv prefix of a podman with its own storage under ``base`` and the containers.conf this
+    host needs (root lacks CAP_SYS_RESOURCE: explicit ulimits; crun refuses the hybrid cgroups: runc),
+    set in ``env``; ``tar`` is imported as IMAGE. [] when podman is not installed."""
+    exe = shutil.which("podman")
+    if not exe:
+        return []
+    conf = base / "containers.conf"
+    conf.write_text('[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\n'
+                    '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\nruntime = "runc"\n')
+    env["CONTAINERS_CONF"] = str(conf)
+    podman = [exe, "--root", str(base / "podman"), "--runroot", str(base / "podman-run"), "--storage-driver", "overlay"]
+    if tar is not None:
+        subprocess.run([*podman, "import", str(tar), IMAGE], check=True, capture_output=True, env=env)
+    return podman
 
 
 def main() -> int:
@@ -52,16 +63,9 @@ def main() -> int:
         tar = busybox_tar(base)
         berth = [str(VENV_BIN / "berth"), "--root", str(base / "berth"), "--runroot", f"/run/{base.name}"]
         subprocess.run([*berth, "import", str(tar), IMAGE], check=True, capture_output=True, env=env)
-        cmds = {"berth": [*berth, "run", "--rm", IMAGE, "true"]}
-        podman_exe = shutil.which("podman")
-        if podman_exe:
-            conf = base / "containers.conf"
-            conf.write_text('[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\n'
-                            '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\nruntime = "runc"\n')
-            env["CONTAINERS_CONF"] = str(conf)
-            podman = [podman_exe, "--root", str(base / "podman"), "--runroot", str(base / "podman-run"),
-                      "--storage-driver", "overlay"]
-            subprocess.run([*podman, "import", str(tar), IMAGE], check=True, capture_output=True, env=env)
+        cmds = {"berth": [*berth, "run", "--rm", "--network", "none", IMAGE, "true"]}
+        podman = podman_setup(base, env, tar)
+        if podman:
             cmds["podman"] = [*podman, "run", "--rm", "--network", "none", IMAGE, "true"]
         times: dict[str, list[float]] = {k: [] for k in cmds}
         for i in range(-2, args.n):
@@ -76,21 +80,6 @@ def main() -> int:
             med = statistics.median(ts)
             ratio = f"{med / ref:.2f}x" if ref else "-"
             print(f"  {name:8} median {med * 1000:7.1f} ms   min {min(ts) * 1000:7.1f} ms   vs podman {ratio}")
-        # Memory: one detached sleeper each; the monitor's PSS vs conmon's.
-        cid = subprocess.run([*berth, "run", "-d", IMAGE, "sleep", "60"], check=True, capture_output=True,
-                             text=True, env=env).stdout.strip()
-        monitor_pid = int(Path(f"/run/{base.name}/containers/{cid}/monitor.pid").read_text())
-        time.sleep(0.5)
-        print(f"  berth-monitor PSS {pss_kib(monitor_pid)} KiB")
-        subprocess.run([*berth, "rm", "-f", cid], check=True, capture_output=True, env=env)
-        if podman_exe:
-            pcid = subprocess.run([*podman, "run", "-d", "--network", "none", IMAGE, "sleep", "60"], check=True,
-                                  capture_output=True, text=True, env=env).stdout.strip()
-            time.sleep(0.5)
-            conmon = subprocess.run(["pgrep", "-f", f"conmon.*{pcid[:12]}"], capture_output=True, text=True)
-            for pid in conmon.stdout.split():
-                print(f"  conmon PSS {pss_kib(int(pid))} KiB")
-            subprocess.run([*podman, "rm", "-f", "-t", "0", pcid], capture_output=True, env=env)
     return 0
 
 

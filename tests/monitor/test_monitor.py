@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from berth.monitor.client import request
 from berth.monitor.logfile import LogWriter, follow, read_entries
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
@@ -22,22 +23,18 @@ BIN = Path(sys.executable).parent
 
 def spawn_monitor(tmp_path: Path, make_bundle: Any, args: list[str], name: str = "m", **cfg: Any) -> tuple[
         Path, str]:
+    """Hand a container to the supervisor of ``tmp_path/run`` (started on first use), as the engine does."""
     bundle = make_bundle(args)
     state = tmp_path / f"state-{name}"
     state.mkdir()
     rt_root = tmp_path / "rt"
+    runroot = tmp_path / "run"
+    runroot.mkdir(exist_ok=True)
     config = {"id": f"{name}-{os.getpid()}", "bundle": str(bundle),
               "runtime": [str(BIN / "berth-runtime"), "--root", str(rt_root)],
               "log_path": str(state / "ctr.log"), **cfg}
     (state / "monitor.json").write_text(json.dumps(config))
-    r, w = os.pipe()
-    os.set_inheritable(w, True)
-    subprocess.Popen([str(BIN / "berth-monitor"), str(state)], env={**os.environ, "BERTH_SYNC_FD": str(w)},
-                     pass_fds=(w,), start_new_session=True, stdin=subprocess.DEVNULL)
-    os.close(w)
-    with os.fdopen(r) as f:
-        line = f.readline().strip()
-    return state, line
+    return state, request(str(runroot), "take", str(state), str(BIN / "berth-monitor"))
 
 
 def wait_file(path: Path, timeout: float = 10) -> dict[str, Any]:
@@ -134,19 +131,96 @@ def test_log_rotation_and_follow(tmp_path: Path) -> None:
     assert kept == [f"line {i:03d}\n" for i in range(60 - len(kept), 60)]
 
 
-def _pss_kib(pid: int) -> int:
+def _private_dirty_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
+        if line.startswith("Private_Dirty:"):
             return int(line.split()[1])
-    raise AssertionError("no Pss")
+    raise AssertionError("no Private_Dirty")
 
 
 def test_monitor_memory_is_small(tmp_path: Path, make_bundle: Any) -> None:
-    """Not a benchmark: a guard that the monitor stays lean (an idle interpreter alone is ~2.8 MiB)."""
+    """Not a benchmark: a guard that the supervisor stays lean. Its own memory (private dirty: PSS
+    also counts a share of the interpreter's pages, which depends on what else runs) is an idle
+    interpreter's (~2.6 MiB) and a little more; bench/monitor_bench.py has the figures."""
     state, line = spawn_monitor(tmp_path, make_bundle, ["sleep", "30"], name="mem")
     assert line.startswith("started ")
     pid = int(json.loads((state / "monitor.pid").read_text()))
-    assert _pss_kib(pid) < 6 * 1024
+    assert _private_dirty_kib(pid) < 4 * 1024
+    cid = json.loads((state / "monitor.json").read_text())["id"]
+    subprocess.run([str(BIN / "berth-runtime"), "--root", str(tmp_path / "rt"), "kill", cid, "KILL"], check=True)
+    assert wait_file(state / "exit.json")["exitCode"] == 137
+
+
+def test_attach_socket_stdin_output_and_exit(tmp_path: Path, make_bundle: Any) -> None:
+    """The attach protocol at the monitor's level: a state directory too deep for sun_path, a
+    container held at create until the client says start, stdin closed when the client's ends."""
+    from berth.monitor import attach
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    state, line = spawn_monitor(deep, make_bundle, ["sh", "-c", "echo early; tr a-z A-Z; echo done >&2; exit 4"],
+                                name="att", stdin=True, stdin_once=True, attach_first=True)
+    assert line.startswith("started ") and len(str(state / "attach")) > 108
+    time.sleep(0.3)
+    assert not (state / "exit.json").exists()  # held until a client asks
+    sock = attach.connect(str(state))
+    sock.sendall(b"s")
+    sock.sendall(b"ihello\n")
+    sock.sendall(b"e")
+    got: dict[bytes, bytes] = {b"1": b"", b"2": b""}
+    code = None
+    while code is None:
+        msg = sock.recv(attach.MAX_MESSAGE)
+        assert msg, "closed without an exit status"
+        if msg[:1] == b"x":
+            code = int(msg[1:])
+        else:
+            got[msg[:1]] += msg[1:]
+    sock.close()
+    assert (code, got[b"1"], got[b"2"]) == (4, b"early\nHELLO\n", b"done\n")
+    assert wait_file(state / "exit.json")["exitCode"] == 4
+
+
+def test_one_containers_trouble_leaves_the_others(tmp_path: Path, make_bundle: Any) -> None:
+    """One supervisor for all: a bad request, a broken config and a failing create each get their
+    error, while a container already supervised keeps logging under the same supervisor."""
+    state, line = spawn_monitor(tmp_path, make_bundle, ["sh", "-c", "while true; do echo tick; sleep 0.05; done"],
+                                name="steady")
+    assert line.startswith("started ")
+    pid = int(json.loads((state / "monitor.pid").read_text()))
+    broken = tmp_path / "state-broken"
+    broken.mkdir()
+    (broken / "monitor.json").write_text("{not json")
+    runroot, program = str(tmp_path / "run"), str(BIN / "berth-monitor")
+    assert request(runroot, "take", str(broken), program).startswith("error ")
+    assert request(runroot, "frobnicate", str(broken), program).startswith("error unknown request")
+    _state, line = spawn_monitor(tmp_path, make_bundle, ["no-such-command"], name="bad")
+    assert line.startswith("error ")
+    assert request(runroot, "take", str(state), program) == "error the container is already supervised"
+    before = len(read_entries(str(state / "ctr.log")))
+    time.sleep(0.5)
+    assert len(read_entries(str(state / "ctr.log"))) > before + 3
+    assert int(json.loads((state / "monitor.pid").read_text())) == pid
+    cid = json.loads((state / "monitor.json").read_text())["id"]
+    subprocess.run([str(BIN / "berth-runtime"), "--root", str(tmp_path / "rt"), "kill", cid, "KILL"], check=True)
+    assert wait_file(state / "exit.json")["exitCode"] == 137
+    assert not (state / "monitor.pid").exists()  # done for good
+
+
+def test_supervisor_holds_none_of_its_starters_descriptors(tmp_path: Path, make_bundle: Any) -> None:
+    """A library user's inheritable pipe must not stay open in the long-lived supervisor (its
+    reader would never see the end)."""
+    r, w = os.pipe()
+    os.set_inheritable(w, True)
+    try:
+        state, line = spawn_monitor(tmp_path, make_bundle, ["sleep", "30"], name="fds")
+        assert line.startswith("started ")
+        pid = int(json.loads((state / "monitor.pid").read_text()))
+        held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        assert os.readlink(f"/proc/self/fd/{w}") not in held
+    finally:
+        os.close(r)
+        os.close(w)
     cid = json.loads((state / "monitor.json").read_text())["id"]
     subprocess.run([str(BIN / "berth-runtime"), "--root", str(tmp_path / "rt"), "kill", cid, "KILL"], check=True)
     assert wait_file(state / "exit.json")["exitCode"] == 137

@@ -47,13 +47,13 @@ class ContainerCommands:
 
     def cmd_container(self, argv: list[str]) -> int:
         if not argv or argv[0] in ("-h", "--help"):
-            self.out("Usage: berth container COMMAND\n\nCommands: ls, ps, run, create, start, stop, kill, rm, "
-                     "logs, wait, inspect, exec, top, stats, port, pause, unpause, rename, update, prune, "
+            self.out("Usage: berth container COMMAND\n\nCommands: ls, ps, run, create, start, stop, restart, kill, "
+                     "rm, attach, logs, wait, inspect, exec, top, stats, port, pause, unpause, rename, update, prune, "
                      "diff, export, commit, cp\n")
             return 0 if argv else 125
         sub = CONTAINER_ALIASES.get(argv[0], argv[0])
         handler = getattr(self, "cmd_" + sub.replace("-", "_"), None)
-        if handler is None or sub in ("container", "images", "pull", "import", "rmi", "tag", "version"):
+        if handler is None or sub in ("container", "images", "pull", "import", "rmi", "tag", "version", "info"):
             raise InvalidArgument(f"unknown command: \"berth container {argv[0]}\"\nSee 'berth container --help'.")
         return int(handler(argv[1:]))
 
@@ -209,6 +209,69 @@ class ContainerCommands:
         if ids:
             self.out("Deleted Containers:\n" + "".join(i + "\n" for i in ids) + "\n")
         self.out(f"Total reclaimed space: {fmt.size(reclaimed)}\n")
+        return 0
+
+    def cmd_system_info(self, argv: list[str]) -> int:
+        """``berth system info`` (and ``berth info``): Docker's field names; --format as Docker's."""
+        import json
+
+        from berth.cli import format as fmt
+
+        opts, rest = parse(argv, [Flag("format,f", "format", True)], "system info")
+        if rest:
+            raise InvalidArgument('"berth system info" accepts no arguments')
+        info = self.engine.info()
+        if opts.get("format") == "json":
+            self.out(json.dumps(info) + "\n")
+            return 0
+        if opts.get("format"):
+            self.out(fmt.render(opts["format"], info) + "\n")
+            return 0
+        lines = [f" Containers: {info['Containers']}", f"  Running: {info['ContainersRunning']}",
+                 f"  Paused: {info['ContainersPaused']}", f"  Stopped: {info['ContainersStopped']}",
+                 f" Images: {info['Images']}", f" Server Version: {info['ServerVersion']}",
+                 f" Storage Driver: {info['Driver']}", f" Logging Driver: {info['LoggingDriver']}",
+                 f" Cgroup Driver: {info['CgroupDriver']}", f" Cgroup Version: {info['CgroupVersion']}",
+                 f" Runtimes: {' '.join(sorted(info['Runtimes']))}", f" Default Runtime: {info['DefaultRuntime']}",
+                 f" Kernel Version: {info['KernelVersion']}", f" Operating System: {info['OperatingSystem']}",
+                 f" OSType: {info['OSType']}", f" Architecture: {info['Architecture']}", f" CPUs: {info['NCPU']}",
+                 f" Total Memory: {fmt.size(info['MemTotal'])}", f" Name: {info['Name']}", f" ID: {info['ID']}",
+                 f" Berth Root Dir: {info['DockerRootDir']}"]
+        self.out("Server:\n" + "\n".join(lines) + "\n")
+        return 0
+
+    def cmd_info(self, argv: list[str]) -> int:
+        return self.cmd_system_info(argv)
+
+    def cmd_system_prune(self, argv: list[str]) -> int:
+        from berth.cli import format as fmt
+
+        opts, rest = parse(argv, [Flag("all,a", "all"), Flag("force,f", "force"), Flag("volumes", "volumes"),
+                                  Flag("filter", "filter", True, True)], "system prune")
+        if rest:
+            raise InvalidArgument('"berth system prune" accepts no arguments')
+        if opts.get("filter"):
+            raise InvalidArgument("system prune --filter is not supported yet")
+        if not opts.get("force"):
+            what = ["all stopped containers", "all networks not used by at least one container"]
+            if opts.get("volumes"):
+                what.append("all volumes not used by at least one container")
+            what.append("all images without at least one container associated to them" if opts.get("all")
+                        else "all dangling images")
+            sys.stdout.write("WARNING! This will remove:\n" + "".join(f"  - {w}\n" for w in what) +
+                             "\nAre you sure you want to continue? [y/N] ")
+            sys.stdout.flush()
+            if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+                return 0
+        r = self.engine.system_prune(all=bool(opts.get("all")), volumes=bool(opts.get("volumes")))
+        for title, key in (("Deleted Containers", "containers"), ("Deleted Networks", "networks"),
+                           ("Deleted Volumes", "volumes")):
+            if r[key]:
+                self.out(f"{title}:\n" + "".join(i + "\n" for i in r[key]) + "\n")
+        if r["images_untagged"] or r["images_deleted"]:
+            self.out("Deleted Images:\n" + "".join(f"untagged: {n}\n" for n in r["images_untagged"]) +
+                     "".join(f"deleted: {d}\n" for d in r["images_deleted"]) + "\n")
+        self.out(f"Total reclaimed space: {fmt.size(r['reclaimed'])}\n")
         return 0
 
     def cmd_diff(self, argv: list[str]) -> int:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from berth.engine.engine import Container, Engine
+    from berth.network.ports import PortMapping
 
 USAGE = """Usage: berth [OPTIONS] COMMAND
 
@@ -34,14 +35,15 @@ Options:
   --runtime NAME   OCI runtime: berth (default), runc, crun, runsc or a path
 
 Commands:
-  run, create, start, stop, kill, rm, ps, logs, wait, inspect   containers
-  exec, top, stats, pause, unpause, rename, update, port, events,
-  diff, export, commit, cp, container prune|ls|...
+  run, create, start, stop, restart, kill, rm, ps, logs, wait,  containers
+  attach, inspect, exec, top, stats, pause, unpause, rename, update, port,
+  events, diff, export, commit, cp, container prune|ls|...
   images, pull, push, import, rmi, tag, history, save, load    images
   image ls|inspect|prune|rm|tag|pull|push|save|load|history
   login, logout                                                registries
   network create|ls|inspect|rm|prune|connect|disconnect        networks
-  system df                                                    disk usage
+  volume create|ls|inspect|rm|prune                            volumes
+  system info|df|prune|boot                                    the whole engine
   version
 """
 
@@ -68,6 +70,7 @@ RUN_FLAGS = [
     Flag("publish,p", "publish", True, True), Flag("publish-all,P", "publish_all"), Flag("ip", "ip", True),
     Flag("network-alias,net-alias", "aliases", True, True), Flag("dns", "dns", True, True),
     Flag("dns-search", "dns_search", True, True), Flag("add-host", "add_hosts", True, True),
+    Flag("device", "devices", True, True), Flag("detach-keys", "detach_keys", True), Flag("sig-proxy", "sig_proxy"),
     Flag("help", "help"),
 ]
 
@@ -101,7 +104,8 @@ def run_options(opts: dict[str, Any]) -> dict[str, Any]:
     for key in ("interactive", "tty", "workdir", "user", "hostname", "entrypoint", "read_only", "memory",
                 "memory_swap", "cpus", "cpu_shares", "cpuset_cpus", "pids_limit", "ulimits", "cap_add",
                 "cap_drop", "privileged", "security_opt", "restart", "stop_signal", "stop_timeout", "tmpfs",
-                "runtime", "publish", "publish_all", "ip", "aliases", "dns", "dns_search", "add_hosts"):
+                "runtime", "publish", "publish_all", "ip", "aliases", "dns", "dns_search", "add_hosts", "init",
+                "devices"):
         if key in opts:
             out[key] = opts[key]
     env = environment(opts)
@@ -121,7 +125,7 @@ def run_options(opts: dict[str, Any]) -> dict[str, Any]:
             binds.append({"source": parts[0], "destination": parts[1], "readonly": "ro" in parts[2:]})
         else:
             volumes.append({"name": parts[0] or os.urandom(32).hex(), "destination": parts[1],
-                            "readonly": "ro" in parts[2:]})
+                            "readonly": "ro" in parts[2:], "anonymous": not parts[0]})
     for spec in opts.get("mount", []):
         fields = dict(f.partition("=")[::2] for f in spec.split(","))
         kind = fields.get("type", "volume")
@@ -134,8 +138,9 @@ def run_options(opts: dict[str, Any]) -> dict[str, Any]:
         elif kind == "tmpfs":
             out.setdefault("tmpfs", []).append(target)
         elif kind == "volume":
-            volumes.append({"name": fields.get("source") or fields.get("src") or os.urandom(32).hex(),
-                            "destination": target, "readonly": "readonly" in fields or fields.get("ro") == "true"})
+            source = fields.get("source") or fields.get("src")
+            volumes.append({"name": source or os.urandom(32).hex(), "destination": target,
+                            "readonly": "readonly" in fields or fields.get("ro") == "true", "anonymous": not source})
         else:
             raise InvalidArgument(f"invalid --mount {spec!r}: type {kind!r} is not supported yet")
     if binds:
@@ -152,11 +157,10 @@ def run_options(opts: dict[str, Any]) -> dict[str, Any]:
             "retries": int(opts.get("health_retries", 3)),
             "start_period": _duration(opts.get("health_start_period", "0s"), "--health-start-period"),
         }
-    networks = opts.get("network") or []
-    if len(networks) > 1:
-        raise InvalidArgument("only one --network per container so far (use berth network connect later)")
-    if networks:
-        out["network"] = networks[0]
+    if opts.get("network"):
+        from berth.cli.network_cmds import network_options
+
+        network_options(opts["network"], out)
     for spec in opts.get("publish", []):
         from berth.network.ports import parse as parse_port  # validates early, without pyroute2
 
@@ -192,48 +196,75 @@ class Cli(ImageCommands, ContainerCommands, NetworkCommands, VolumeCommands, Bui
             raise InvalidArgument(f'"berth {name}" requires at least 1 argument: the image')
         image, command = rest[0], rest[1:] or None
         kwargs = run_options(opts)
+        if opts.get("detach_keys"):
+            from berth.monitor.attach import parse_detach_keys
+
+            parse_detach_keys(opts["detach_keys"])  # a bad value fails before anything is made
+        if opts.get("rm"):
+            kwargs["auto_remove"] = True
         common = {"name": opts.get("name"), "pull": opts.get("pull", "missing"), "platform": opts.get("platform")}
         if create_only:
             c = self.engine.create(image, command, **common, **kwargs)
             self.out(c.id + "\n")
             return 0
         if opts.get("detach"):
-            if opts.get("rm"):
-                kwargs["restart"] = kwargs.get("restart", "no")
             c = self.engine.run(image, command, **common, **kwargs)
             self.out(c.id + "\n")
             return 0
-        if opts.get("rm") or opts.get("interactive") or opts.get("tty"):
-            return self.engine.run_attached(image, command, remove=bool(opts.get("rm")), **common, **kwargs)
-        c = self.engine.run(image, command, **common, **kwargs)
-        return self._follow_until_exit(c)
-
-    def _follow_until_exit(self, c: Container) -> int:
-        for entry in self.engine.logs(c.id, follow=True):
-            stream = sys.stdout if entry["stream"] == "stdout" else sys.stderr
-            stream.write(entry["log"])
-            stream.flush()
-        return self.engine.wait(c.id)
+        if opts.get("rm") and not (opts.get("interactive") or opts.get("tty")):
+            # The quick path: no monitor, this process is the container's parent.
+            return self.engine.run_attached(image, command, remove=True, **common, **kwargs)
+        c = self.engine.run(image, command, attach=True, **common, **kwargs)
+        code = self.engine.attach(c.id, detach_keys=opts.get("detach_keys"), sig_proxy=opts.get("sig_proxy", True),
+                                  start=True)
+        if code is None:
+            return 0  # detached: it runs on, and its monitor removes it once it exits
+        if opts.get("rm"):
+            self.engine.remove(c.id, force=True, volumes=True)
+        return code
 
     def cmd_create(self, argv: list[str]) -> int:
         return self.cmd_run(argv, create_only=True)
 
     def cmd_start(self, argv: list[str]) -> int:
-        opts, rest = parse(argv, [Flag("attach,a", "attach"), Flag("interactive,i", "interactive")], "start")
+        opts, rest = parse(argv, [Flag("attach,a", "attach"), Flag("interactive,i", "interactive"),
+                                  Flag("detach-keys", "detach_keys", True)], "start")
         if not rest:
             raise InvalidArgument('"berth start" requires at least 1 argument')
-        for ref in rest:
-            c = self.engine.start(ref)
-            if opts.get("attach"):
-                return self._follow_until_exit(c)
-            self.out(ref + "\n")
-        return 0
+        if opts.get("attach") or opts.get("interactive"):
+            if len(rest) != 1:
+                raise InvalidArgument("you cannot start and attach multiple containers at once")
+            c = self.engine.start(rest[0], attach=True)
+            code = self.engine.attach(c.id, stdin=bool(opts.get("interactive")), detach_keys=opts.get("detach_keys"),
+                                      start=True)
+            if code is None:
+                return 0
+            if c.config.get("auto_remove"):  # we heard the exit, so the removal is ours (see monitor.attach)
+                self.engine.remove(c.id, force=True, volumes=True)
+            return code
+        return self._each(rest, self.engine.start)
+
+    def cmd_restart(self, argv: list[str]) -> int:
+        opts, rest = parse(argv, [Flag("time,t", "time", True)], "restart")
+        if not rest:
+            raise InvalidArgument('"berth restart" requires at least 1 argument')
+        timeout = _seconds(opts["time"], "--time") if "time" in opts else None
+        return self._each(rest, lambda ref: self.engine.restart(ref, timeout))
+
+    def cmd_attach(self, argv: list[str]) -> int:
+        opts, rest = parse(argv, [Flag("detach-keys", "detach_keys", True), Flag("no-stdin", "no_stdin"),
+                                  Flag("sig-proxy", "sig_proxy")], "attach")
+        if len(rest) != 1:
+            raise InvalidArgument('"berth attach" requires exactly 1 argument')
+        code = self.engine.attach(rest[0], stdin=not opts.get("no_stdin"), detach_keys=opts.get("detach_keys"),
+                                  sig_proxy=opts.get("sig_proxy", True))
+        return 0 if code is None else code
 
     def cmd_stop(self, argv: list[str]) -> int:
         opts, rest = parse(argv, [Flag("time,t", "time", True)], "stop")
         if not rest:
             raise InvalidArgument('"berth stop" requires at least 1 argument')
-        timeout = float(opts["time"]) if "time" in opts else None
+        timeout = _seconds(opts["time"], "--time") if "time" in opts else None
         return self._each(rest, lambda ref: self.engine.stop(ref, timeout))
 
     def cmd_kill(self, argv: list[str]) -> int:
@@ -246,7 +277,8 @@ class Cli(ImageCommands, ContainerCommands, NetworkCommands, VolumeCommands, Bui
         opts, rest = parse(argv, [Flag("force,f", "force"), Flag("volumes,v", "volumes")], "rm")
         if not rest:
             raise InvalidArgument('"berth rm" requires at least 1 argument')
-        return self._each(rest, lambda ref: self.engine.remove(ref, bool(opts.get("force"))))
+        return self._each(rest, lambda ref: self.engine.remove(ref, bool(opts.get("force")),
+                                                               volumes=bool(opts.get("volumes"))))
 
     def _each(self, refs: list[str], action: Any) -> int:
         """Docker's multi-container commands: act on each, report each failure, exit 1 if any."""
@@ -269,14 +301,15 @@ class Cli(ImageCommands, ContainerCommands, NetworkCommands, VolumeCommands, Bui
         if opts.get("quiet"):
             self.out("".join((c.id if opts.get("no_trunc") else c.id[:12]) + "\n" for c in cs))
             return 0
-        rows = [_ps_row(c) for c in cs]
+        ports = self.engine.ports_by_container(cs)
+        rows = [_ps_row(c, ports.get(c.id, [])) for c in cs]
         text = fmt.render_rows(rows, opts.get("format"))
         if text is not None:
             self.out(text)
         else:
             header = ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"]
-            self.out(fmt.table([[r["ID"], r["Image"], r["Command"], r["RunningFor"], r["Status"], "", r["Names"]]
-                                for r in rows], header))
+            self.out(fmt.table([[r["ID"], r["Image"], r["Command"], r["RunningFor"], r["Status"], r["Ports"],
+                                 r["Names"]] for r in rows], header))
         return 0
 
     def cmd_logs(self, argv: list[str]) -> int:
@@ -325,36 +358,15 @@ class Cli(ImageCommands, ContainerCommands, NetworkCommands, VolumeCommands, Bui
                 found.append(self.engine.inspect(ref))
             except BerthError:
                 found.append(self.engine.image_store.inspect(ref))
-        if opts.get("format"):
+        if opts.get("format") == "json":
+            self.out(json.dumps(found, indent=4) + "\n")
+        elif opts.get("format"):
             self.out("".join(fmt.render(opts["format"], obj) + "\n" for obj in found))
         else:
             self.out(json.dumps(found, indent=4) + "\n")
         return 0
 
     # ------------------------------------------------------------------ images
-
-    def cmd_images(self, argv: list[str]) -> int:
-        from berth.cli import format as fmt
-
-        opts, _ = parse(argv, [Flag("quiet,q", "quiet"), Flag("all,a", "all"), Flag("format", "format", True)],
-                        "images")
-        rows = []
-        store = self.engine.image_store
-        for img in self.engine.images():
-            names = [str(r) for r in img.references()] or ["<none>:<none>"]
-            for n in names:
-                repo, _, tag = n.rpartition(":") if ":" in n.rsplit("/", 1)[-1] else (n, "", "<none>")
-                rows.append({"ID": img.short_id, "Repository": repo, "Tag": tag,
-                             "Size": fmt.size(store.size(img))})
-        text = fmt.render_rows(rows, opts.get("format"))
-        if opts.get("quiet"):
-            self.out("".join(dict.fromkeys(r["ID"] + "\n" for r in rows)))
-        elif text is not None:
-            self.out(text)
-        else:
-            self.out(fmt.table([[r["Repository"], r["Tag"], r["ID"], r["Size"]] for r in rows],
-                               ["REPOSITORY", "TAG", "IMAGE ID", "SIZE"]))
-        return 0
 
     def cmd_import(self, argv: list[str]) -> int:
         _, rest = parse(argv, [], "import")
@@ -378,10 +390,42 @@ class Cli(ImageCommands, ContainerCommands, NetworkCommands, VolumeCommands, Bui
         return 0
 
     def cmd_version(self, argv: list[str]) -> int:
-        from berth import __version__
+        import platform
 
-        self.out(f"berth version {__version__}\n")
+        from berth import __version__
+        from berth.cli import format as fmt
+
+        opts, rest = parse(argv, [Flag("format,f", "format", True)], "version")
+        if rest:
+            raise InvalidArgument('"berth version" accepts no arguments')
+        client = {"Version": __version__, "APIVersion": "1.41", "GoVersion": "",
+                  "PythonVersion": platform.python_version(), "Os": "linux", "Arch": _arch(),
+                  "OsArch": f"linux/{_arch()}"}
+        info = {"Client": client, "Server": None}  # daemonless: there is no server, as with Podman
+        if opts.get("format") == "json":
+            import json
+
+            self.out(json.dumps(info) + "\n")
+        elif opts.get("format"):
+            self.out(fmt.render(opts["format"], info) + "\n")
+        else:
+            self.out(f"Client:\n Version:        {__version__}\n Python version: {client['PythonVersion']}\n"
+                     f" OS/Arch:        {client['OsArch']}\n")
         return 0
+
+
+def _arch() -> str:
+    import platform
+
+    machine = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+def _seconds(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidArgument(f"invalid {flag} {text!r}: expected a number of seconds") from None
 
 
 def _since(text: str) -> str:
@@ -420,7 +464,7 @@ def _duration_seconds(text: str) -> float | None:
     return total if text and not number else None
 
 
-def _ps_row(c: Container) -> dict[str, Any]:
+def _ps_row(c: Container, ports: list[PortMapping]) -> dict[str, Any]:
     from berth.cli import format as fmt
 
     command = " ".join(c.config.get("command") or [])
@@ -432,7 +476,15 @@ def _ps_row(c: Container) -> dict[str, Any]:
         status = c.status.capitalize()
     return {"ID": c.id[:12], "Image": c.image, "Command": f'"{command[:20]}"', "CreatedAt": c.created,
             "RunningFor": fmt.ago(c.created), "Status": status, "State": c.status, "Names": c.name,
-            "Labels": c.config.get("labels") or {}}
+            "Labels": c.config.get("labels") or {}, "Ports": _ports_text(ports)}
+
+
+def _ports_text(ports: list[PortMapping]) -> str:
+    if not ports:
+        return ""
+    from berth.network.ports import format_ports
+
+    return format_ports(ports)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -449,11 +501,10 @@ def main(argv: list[str] | None = None) -> int:
         handler = getattr(cli, "cmd_" + command.replace("-", "_"), None)
         if handler is None:
             raise InvalidArgument(f"unknown command: {command!r}\nSee 'berth --help'.")
-        try:
-            return int(handler(args))
-        finally:
-            if cli._engine is not None:
-                cli._engine.close()
+        # The engine is not closed: the process ends next (bin/berth leaves through os._exit), and
+        # closing would make SQLite checkpoint and delete each WAL as its last connection goes
+        # (~2 ms), only for the next berth command to make them again.
+        return int(handler(args))
     except BerthError as e:
         sys.stderr.write(f"Error: {e}\n")
         return e.exit_code

@@ -39,6 +39,7 @@ class ContainerOps:
         def get(self, ref: str) -> Container: ...
         def containers(self, all: bool = True) -> list[Container]: ...
         def runtime_argv(self, name: str) -> list[str]: ...
+        def container_runtime_argv(self, opts: dict[str, Any]) -> list[str]: ...
         def _runtime(self, c: Container, *args: str) -> str: ...
         def _bundle_dir(self, cid: str) -> str: ...
         def remove(self, ref: str, force: bool = False) -> None: ...
@@ -116,6 +117,12 @@ class ContainerOps:
         process["args"] = list(command)
         process["terminal"] = bool(tty and not detach)
         process.pop("consoleSize", None)
+        if process["terminal"]:
+            from berth.runtime.console import caller_size
+
+            size = caller_size()
+            if size is not None:
+                process["consoleSize"] = size  # set before the command runs, not after
         if env:
             merged = {e.partition("=")[0]: e for e in process.get("env", [])}
             for item in env:
@@ -137,7 +144,7 @@ class ContainerOps:
         log = os.path.join(work, "runtime.log")
         with open(proc_file, "w") as f:
             f.write(jsonc.dumps(process))
-        argv = [*self.runtime_argv(c.config["runtime"]), "--log", log, "--log-format", "json", "exec",
+        argv = [*self.container_runtime_argv(c.config), "--log", log, "--log-format", "json", "exec",
                 "--process", proc_file]
         if detach:
             argv.append("--detach")

@@ -2,8 +2,8 @@
 
 Every berth command, the API services and library users go through an ``Engine``. State lives in
 ``<root>/berth.db`` (containers), ``<root>/images.db`` and ``<root>/content`` (images), and
-``<runroot>/containers/<id>/`` (what a running container's monitor reports). A running container is
-owned by its monitor process (``berth.monitor``), so the Engine object can come and go.
+``<runroot>/containers/<id>/`` (what a running container's monitor reports). Running containers are
+owned by the runroot's supervisor process (``berth.monitor``), so the Engine object can come and go.
 
     import berth
     engine = berth.Engine()
@@ -190,15 +190,16 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
         tag = os.path.basename(exe)
         return [exe, "--root", os.path.join(self.runroot, "runtime", tag)]
 
+    def container_runtime_argv(self, opts: dict[str, Any]) -> list[str]:
+        """The runtime's argv for one container: gVisor's runsc sets up its sandbox's network itself
+        (at create and start) and must be told when there is none, or the host's, to set up."""
+        argv = self.runtime_argv(opts["runtime"])
+        network = opts.get("network") or "none"
+        if os.path.basename(argv[0]) == "runsc" and network in ("none", "host"):
+            argv.append(f"--network={network}")
+        return argv
+
     # ------------------------------------------------------------------ images
-
-    def pull(self, ref: str, platform: str | None = None, progress: Any = None) -> Image:
-        from berth.registry.pull import pull
-
-        with self.image_store.lease():
-            result = pull(ref, self.image_store.content, platform, progress)
-            index = result.digest if result.index is not None else None
-            return self.image_store.add(result.manifest_digest, [result.reference], index_digest=index)
 
     def image(self, ref: str, pull: str = "missing", platform: str | None = None) -> Image:
         """The image ``ref`` names, pulled per the policy: always, missing or never."""
@@ -235,9 +236,10 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
         c = Container(row, self._state_dir(row["id"]))
         if c.status not in ("running", "restarting", "paused"):
             return c
+        from berth.monitor.client import supervised
+
         exit_info = _read_json(os.path.join(c.state_dir, "exit.json"))
-        monitor = _read_json(os.path.join(c.state_dir, "monitor.pid"))
-        monitor_alive = isinstance(monitor, int) and _alive(monitor)
+        monitor_alive = supervised(c.state_dir)
         current = _read_json(os.path.join(c.state_dir, "pid"))  # the init now (it changes on restarts)
         if isinstance(current, int) and current != c.pid:
             init_alive = _alive(current)
@@ -253,13 +255,20 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
             c.status = "restarting"
             c.restart_count = int(exit_info.get("restartCount", 0)) if exit_info else c.restart_count
             return c
-        if exit_info is None and init_alive:
-            return c  # the monitor died; the container did not
+        if init_alive:
+            # Its supervisor died; the container did not: a new supervisor takes it over.
+            try:
+                _monitor_request(self.runroot, "adopt", c.state_dir)
+            except BerthError:  # no berth-monitor to start: it runs on unsupervised
+                pass
+            return c
+        if exit_info is None:  # it may have been written just before the supervisor let go
+            exit_info = _read_json(os.path.join(c.state_dir, "exit.json"))
         fields: dict[str, Any] = {"status": "exited", "pid": 0}
         if exit_info is not None:
             fields.update(exit_code=int(exit_info["exitCode"]), oom_killed=int(bool(exit_info.get("oomKilled"))),
                           finished_at=_parse_time(exit_info["finishedAt"]),
-                          restart_count=int(exit_info.get("restartCount", 0)))
+                          restart_count=int(exit_info.get("restartCount", 0)), error=exit_info.get("error", ""))
         else:
             fields.update(exit_code=-1, finished_at=time.time(), error="the monitor and container disappeared")
         self.db.update_state(c.id, **fields)
@@ -277,7 +286,8 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
 
         runtime = opts.get("runtime") or self.default_runtime
         self.runtime_argv(runtime)  # an unknown runtime is an error before anything is made
-        _restart_policy(opts.get("restart", "no"))
+        if _restart_policy(opts.get("restart", "no"))[0] != "no" and opts.get("auto_remove"):
+            raise InvalidArgument("conflicting options: --restart and --rm")
         img = self.image(image, pull, platform)
         image_cfg = _image_config(self.image_store, img)
         cid = os.urandom(32).hex()  # not secrets: it imports hmac, hashlib, base64 (~9 ms)
@@ -306,7 +316,10 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
         self._event("create", cid, name=name, image=image)
         return self.get(cid)
 
-    def start(self, ref: str) -> Container:
+    def start(self, ref: str, attach: bool = False) -> Container:
+        """Start a created or exited container under a new monitor. With ``attach`` the monitor
+        creates it and waits for the caller's ``attach(start=True)`` before starting it, so the
+        caller sees all its output and its stdin (``interactive``) closes when the caller's ends."""
         c = self.get(ref)
         if c.running:
             raise Conflict(f"container {c.name} is already running")
@@ -325,7 +338,7 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
         opts = c.config
         restart_name, restart_max = _restart_policy(opts.get("restart", "no"))
         monitor_cfg: dict[str, Any] = {
-            "id": c.id, "bundle": self._bundle_dir(c.id), "runtime": self.runtime_argv(opts["runtime"]),
+            "id": c.id, "bundle": self._bundle_dir(c.id), "runtime": self.container_runtime_argv(opts),
             "log_path": os.path.join(self._bundle_dir(c.id), "ctr.log"),
             "log_max_size": _log_size(opts), "log_max_files": int((opts.get("log_opts") or {}).get("max-file", 3)),
             "terminal": bool(opts.get("tty")), "restart": {"name": restart_name, "max": restart_max},
@@ -334,11 +347,19 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
         }
         if opts.get("health"):
             monitor_cfg["health"] = opts["health"]
+        if opts.get("interactive"):
+            monitor_cfg["stdin"] = True
+            monitor_cfg["stdin_once"] = attach
+        if attach:
+            monitor_cfg["attach_first"] = True
+        if opts.get("auto_remove"):
+            monitor_cfg["exit_command"] = [_bin("berth"), "--root", self.root, "--runroot", self.runroot,
+                                           "rm", "--force", "--volumes", c.id]
         with open(os.path.join(state_dir, "monitor.json"), "w") as f:
             f.write(jsonc.dumps(monitor_cfg))
         # What a monitor killed mid-life left in the runtime's state would block create.
         self._delete_runtime_container(c)
-        pid = _spawn_monitor(state_dir)
+        pid = _spawn_monitor(self.runroot, state_dir)
         from berth.runtime.state import proc_start_time
 
         self.db.update_state(c.id, status="running", pid=pid, pid_start=proc_start_time(pid) or 0,
@@ -346,11 +367,12 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
         self._event("start", c.id, name=c.name, image=c.image)
         return self.get(c.id)
 
-    def run(self, image: str, command: list[str] | None = None, **opts: Any) -> Container:
-        """create + start; returns at once (wait() and logs() follow it)."""
+    def run(self, image: str, command: list[str] | None = None, *, attach: bool = False,
+            **opts: Any) -> Container:
+        """create + start; returns at once (wait() and logs() follow it; with ``attach``, see start)."""
         c = self.create(image, command, **opts)
         try:
-            return self.start(c.id)
+            return self.start(c.id, attach=attach)
         except BaseException:
             self.remove(c.id, force=True)
             raise
@@ -384,6 +406,10 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
                 receiver.close()
             raise
         master = receiver.master() if receiver is not None else None
+        if master is not None:
+            from berth.runtime.console import inherit_size
+
+            inherit_size(master)
         self.db.update_state(c.id, status="running", pid=pid, started_at=time.time(), exit_code=0, error="")
         if c.config["runtime"] == "berth":
             from berth.runtime import lifecycle
@@ -441,7 +467,7 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
         # The runtime's errors go to a log file: its stderr is the container's, held open by the
         # container's init long after create returns.
         log = os.path.join(c.state_dir, "runtime.log")
-        argv = [*self.runtime_argv(c.config["runtime"]), "--log", log, "--log-format", "json", "create",
+        argv = [*self.container_runtime_argv(c.config), "--log", log, "--log-format", "json", "create",
                 "--bundle", self._bundle_dir(c.id), "--pid-file", pid_file]
         if console_socket:
             argv += ["--console-socket", console_socket]
@@ -474,6 +500,49 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
                 raise Conflict(f"container {c.name} is still running after {timeout}s")
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
+
+    def attach(self, ref: str, *, stdin: bool = True, detach_keys: str | None = None, sig_proxy: bool = True,
+               start: bool = False) -> int | None:
+        """Connect the caller's stdio to a running container's until it exits (its status) or the
+        user types the detach keys (None: it runs on). ``stdin`` only reaches a container created
+        ``interactive``; ``sig_proxy`` forwards the caller's signals to it when it has no terminal;
+        ``start`` releases a container started with ``start(attach=True)``."""
+        from berth.monitor import attach as attachmod
+
+        keys = attachmod.parse_detach_keys(detach_keys)
+        c = self.get(ref)
+        if c.status == "paused":
+            raise Conflict(f"cannot attach to container {c.name}: it is paused (unpause it first)")
+        if not c.running:
+            raise Conflict(f"cannot attach to container {c.name}: it is not running")
+        tty = bool(c.config.get("tty"))
+        try:
+            sock = attachmod.connect(c.state_dir)
+        except OSError as e:
+            raise Conflict(f"cannot attach to container {c.name}: its monitor does not answer ({e.strerror})") \
+                from None
+        restore = _proxy_signals(lambda sig: self._signal_quietly(c, sig)) if sig_proxy and not tty else {}
+        try:
+            return attachmod.relay(sock, stdin=stdin and bool(c.config.get("interactive")), tty=tty,
+                                   detach_keys=keys, start=start)
+        except attachmod.Lost:
+            return self.wait(c.id)
+        finally:
+            import signal
+
+            for signum, handler in restore.items():
+                signal.signal(signum, handler)
+
+    def _signal_quietly(self, c: Container, sig: str) -> None:
+        try:
+            self._runtime(c, "kill", c.id, sig)
+        except BerthError:
+            pass
+
+    def restart(self, ref: str, timeout: float | None = None) -> Container:
+        """stop (if running) then start, as ``docker restart``."""
+        c = self.stop(ref, timeout)
+        return self.start(c.id)
 
     def logs(self, ref: str, follow: bool = False) -> Iterator[dict[str, str]]:
         from berth.monitor.logfile import follow as follow_log
@@ -520,7 +589,9 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
         self._event("stop", c.id, name=c.name, image=c.image)
         return self.get(c.id)
 
-    def remove(self, ref: str, force: bool = False) -> None:
+    def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
+        """Remove a container (``force`` kills a running one); ``volumes`` also removes its anonymous
+        volumes, as ``rm -v`` and ``--rm`` do."""
         c = self.get(ref)
         if c.running:
             if not force:
@@ -537,10 +608,16 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
         self._delete_runtime_container(c)
         self._cleanup(c.id)
         self._event("destroy", c.id, name=c.name, image=c.image)
+        if volumes:
+            for v in c.config.get("volumes") or []:
+                if v.get("anonymous"):
+                    try:
+                        self.volume_remove(v["name"])
+                    except (NotFound, Conflict):
+                        pass
 
     def _cleanup(self, cid: str) -> None:
-        import shutil
-
+        from berth.fsutil import remove_tree
         from berth.snapshots.mount import unmount
 
         try:
@@ -555,14 +632,17 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
             self.image_store.snapshots.remove(cid)
         except (NotFound, BerthError):
             pass
-        shutil.rmtree(self._state_dir(cid), ignore_errors=True)
-        shutil.rmtree(self._bundle_dir(cid), ignore_errors=True)
+        for tree in (self._state_dir(cid), self._bundle_dir(cid)):
+            try:
+                remove_tree(tree)
+            except OSError:
+                pass  # what is left (a busy mount) cannot hold the record back
         self.db.remove_container(cid)
 
     def _runtime(self, c: Container, *args: str) -> str:
         import subprocess
 
-        res = subprocess.run([*self.runtime_argv(c.config["runtime"]), *args], capture_output=True, text=True)
+        res = subprocess.run([*self.container_runtime_argv(c.config), *args], capture_output=True, text=True)
         if res.returncode != 0:
             raise BerthError((res.stderr.strip().splitlines() or [f"runtime {args[0]} failed"])[-1])
         return res.stdout
@@ -580,21 +660,133 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
             state["Health"] = health
         with open(os.path.join(self._bundle_dir(c.id), "config.json"), "rb") as f:
             oci = jsonc.loads(f.read())
+        opts = c.config
+        args = oci["process"]["args"]
+        if opts.get("init"):
+            args = args[2:]  # INIT_PATH, "--": Docker shows the command, not its init
+        resources = oci["linux"].get("resources", {})
+        cpu = resources.get("cpu", {})
+        user = oci["process"].get("user", {})
         return {
             "Id": c.id, "Name": "/" + c.name, "Created": _iso(c.created), "Image": c.image_id,
-            "State": state, "RestartCount": c.restart_count,
-            "Path": oci["process"]["args"][0], "Args": oci["process"]["args"][1:],
-            "Config": {"Image": c.image, "Cmd": c.config.get("command"), "Env": oci["process"]["env"],
-                       "Hostname": oci.get("hostname", ""), "Labels": c.config.get("labels") or {},
-                       "Tty": bool(c.config.get("tty")), "WorkingDir": oci["process"]["cwd"]},
-            "HostConfig": {"Runtime": c.config["runtime"], "Memory": (oci["linux"].get("resources", {})
-                                                                    .get("memory", {}).get("limit", 0)),
-                           "Privileged": bool(c.config.get("privileged")),
-                           "RestartPolicy": dict(zip(("Name", "MaximumRetryCount"),
-                                                     _restart_policy(c.config.get("restart", "no")), strict=True))},
+            "State": state, "RestartCount": c.restart_count, "Path": args[0], "Args": args[1:],
+            "Config": {"Image": c.image, "Cmd": opts.get("command"), "Env": oci["process"]["env"],
+                       "Entrypoint": opts.get("entrypoint"), "User": opts.get("user") or "",
+                       "Hostname": oci.get("hostname", ""), "Labels": opts.get("labels") or {},
+                       "Tty": bool(opts.get("tty")), "OpenStdin": bool(opts.get("interactive")),
+                       "WorkingDir": oci["process"]["cwd"], "StopSignal": opts.get("stop_signal") or "SIGTERM",
+                       "StopTimeout": int(opts.get("stop_timeout") or 10),
+                       "Healthcheck": opts.get("health")},
+            "HostConfig": {
+                "Runtime": opts["runtime"], "Memory": resources.get("memory", {}).get("limit", 0),
+                "MemorySwap": resources.get("memory", {}).get("swap", 0),
+                "NanoCpus": cpu["quota"] * 10000 if cpu.get("quota", -1) > 0 else 0,
+                "CpuShares": cpu.get("shares", 0), "CpusetCpus": cpu.get("cpus", ""),
+                "PidsLimit": resources.get("pids", {}).get("limit", 0),
+                "Ulimits": [{"Name": r["type"].removeprefix("RLIMIT_").lower(), "Soft": r["soft"], "Hard": r["hard"]}
+                            for r in oci["process"].get("rlimits", [])],
+                "CapAdd": opts.get("cap_add") or [], "CapDrop": opts.get("cap_drop") or [],
+                "SecurityOpt": opts.get("security_opt") or [], "Privileged": bool(opts.get("privileged")),
+                "ReadonlyRootfs": bool(oci["root"].get("readonly")), "Init": bool(opts.get("init")),
+                "AutoRemove": bool(opts.get("auto_remove")), "NetworkMode": opts.get("network") or "none",
+                "Devices": [{"PathOnHost": spec.split(":")[0], "PathInContainer": node["path"],
+                             "CgroupPermissions": _device_access(resources, node)}
+                            for spec, node in zip(opts.get("devices") or [], oci["linux"].get("devices", []),
+                                                  strict=False)],
+                "Tmpfs": {t.partition(":")[0]: t.partition(":")[2] for t in opts.get("tmpfs") or []},
+                "LogConfig": {"Type": "json-file", "Config": opts.get("log_opts") or {}},
+                "RestartPolicy": dict(zip(("Name", "MaximumRetryCount"),
+                                          _restart_policy(opts.get("restart", "no")), strict=True)),
+            },
+            "Mounts": [{"Type": m["type"], "Source": m["source"], "Destination": m["destination"],
+                        "RW": "ro" not in m.get("options", [])}
+                       for m in oci["mounts"] if m["type"] == "bind" and m["destination"] != "/run/berth-init"],
+            "ProcessUser": {"Uid": user.get("uid", 0), "Gid": user.get("gid", 0)},
+            "Platform": "linux",
             "NetworkSettings": self.container_networks(c),
             "LogPath": os.path.join(self._bundle_dir(c.id), "ctr.log"),
         }
+
+    def info(self) -> dict[str, Any]:
+        """``system info``: Docker's field names for what applies to a daemonless engine."""
+        import platform
+        import shutil
+
+        from berth import __version__
+
+        cs = self.containers()
+        counts = {s: sum(1 for c in cs if c.status == s) for s in ("running", "paused")}
+        try:
+            with open("/proc/meminfo") as f:
+                mem_total = int(f.readline().split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            mem_total = 0
+        cgroup_v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+        runtimes = {name: {"path": path} for name in ("runc", "crun", "runsc") if (path := shutil.which(name))}
+        runtimes["berth"] = {"path": _bin("berth-runtime")}
+        machine = platform.machine()
+        return {
+            "ID": self._host_id(), "Containers": len(cs), "ContainersRunning": counts["running"],
+            "ContainersPaused": counts["paused"],
+            "ContainersStopped": len(cs) - counts["running"] - counts["paused"],
+            "Images": len(self.images()), "Driver": self.image_store.snapshots.name,
+            "DockerRootDir": self.root, "RunRoot": self.runroot, "Name": platform.node(),
+            "ServerVersion": __version__, "KernelVersion": platform.release(),
+            "OperatingSystem": _os_name(), "OSType": "linux",
+            "Architecture": {"x86_64": "x86_64", "aarch64": "aarch64"}.get(machine, machine),
+            "NCPU": os.cpu_count() or 0, "MemTotal": mem_total,
+            "CgroupDriver": "cgroupfs", "CgroupVersion": "2" if cgroup_v2 else "1",
+            "MemoryLimit": True, "SwapLimit": True, "CpuCfsPeriod": True, "CpuCfsQuota": True,
+            "CPUShares": True, "CPUSet": True, "PidsLimit": True,
+            "LoggingDriver": "json-file", "DefaultRuntime": self.default_runtime, "Runtimes": runtimes,
+            "SecurityOptions": ["name=seccomp,profile=builtin"], "Daemonless": True,
+        }
+
+    def _host_id(self) -> str:
+        """A stable id for this engine's storage, made on first use (Docker's engine ID)."""
+        path = os.path.join(self.root, "engine-id")
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            import uuid
+
+            from berth.fsutil import atomic_file
+
+            new = str(uuid.uuid4())
+            with atomic_file(path, 0o644) as f:
+                f.write(new.encode())
+            return new
+
+    def system_prune(self, all: bool = False, volumes: bool = False) -> dict[str, Any]:
+        """``system prune``: stopped containers, unused networks, dangling images (``all``: every
+        unused image), and with ``volumes`` the volumes no container uses."""
+        containers, container_bytes = self.prune()
+        networks = self.network_prune()
+        report = self.prune_images(all=all)
+        removed_volumes, volume_bytes = self.volume_prune() if volumes else ([], 0)
+        return {"containers": containers, "networks": networks, "images_untagged": report.untagged,
+                "images_deleted": report.deleted, "volumes": removed_volumes,
+                "reclaimed": container_bytes + report.reclaimed + volume_bytes}
+
+
+def _device_access(resources: dict[str, Any], node: dict[str, Any]) -> str:
+    for rule in resources.get("devices", []):
+        if rule.get("allow") and (rule.get("type"), rule.get("major"), rule.get("minor")) == \
+                (node["type"], node["major"], node["minor"]):
+            return str(rule.get("access", "rwm"))
+    return "rwm"
+
+
+def _os_name() -> str:
+    try:
+        with open("/etc/os-release") as f:
+            for line in f:
+                if line.startswith("PRETTY_NAME="):
+                    return line.partition("=")[2].strip().strip('"')
+    except OSError:
+        pass
+    return "Linux"
 
 
 def _iso(t: float) -> str:
@@ -639,27 +831,32 @@ def _image_config(store: ImageStore, img: Image) -> dict[str, Any]:
             "ExposedPorts": list(section.exposed_ports or ())}
 
 
-def _spawn_monitor(state_dir: str) -> int:
-    """Start the container's monitor in a session of its own and wait for its first word."""
-    r, w = os.pipe()
-    os.set_inheritable(w, True)
-    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
-    env["BERTH_SYNC_FD"] = str(w)
-    null = os.open("/dev/null", os.O_RDWR)
-    try:
-        os.posix_spawn(_bin("berth-monitor"), ["berth-monitor", state_dir], env, setsid=True, file_actions=[
-            (os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, null, 1), (os.POSIX_SPAWN_DUP2, null, 2)])
-    finally:
-        os.close(w)
-        os.close(null)
-    with os.fdopen(r, "rb") as f:
-        line = f.readline().decode().strip()
-    word, _, rest = line.partition(" ")
+def _proxy_signals(send: Any) -> dict[int, Any]:
+    """Forward the signals a user sends to ``berth run``/``attach`` (ctrl-c, kill) to the container,
+    as Docker's --sig-proxy does; returns the handlers to put back."""
+    import signal
+
+    saved: dict[int, Any] = {}
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+        try:
+            saved[signum] = signal.signal(signum, lambda n, _f: send(signal.Signals(n).name.removeprefix("SIG")))
+        except ValueError:  # not the main thread
+            break
+    return saved
+
+
+def _monitor_request(runroot: str, verb: str, state_dir: str) -> str:
+    from berth.monitor.client import request
+
+    return request(runroot, verb, state_dir, _bin("berth-monitor"))
+
+
+def _spawn_monitor(runroot: str, state_dir: str) -> int:
+    """Hand the container to the runroot's supervisor (started if none runs) and wait for its word."""
+    word, _, rest = _monitor_request(runroot, "take", state_dir).partition(" ")
     if word == "started":
         return int(rest)
-    message = rest or "the monitor exited before starting the container"
-
-    _raise_runtime_error([message])
+    _raise_runtime_error([rest or "the monitor exited before starting the container"])
 
 
 def _log_errors(path: str) -> list[str]:

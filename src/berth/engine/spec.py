@@ -29,6 +29,11 @@ MASKED_PATHS = [
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+#: Where ``--init`` puts the init inside the container (Docker: /sbin/docker-init, Podman: /run/podman-init).
+INIT_PATH = "/run/berth-init"
+#: Static inits (the container has no libc of ours to load): Debian's catatonit, tini-static.
+INIT_CANDIDATES = ("/usr/bin/catatonit", "/usr/libexec/podman/catatonit", "/usr/bin/tini-static",
+                   "/usr/bin/docker-init")
 
 
 def parse_size(text: str, flag: str) -> int:
@@ -45,11 +50,25 @@ def parse_size(text: str, flag: str) -> int:
         raise InvalidArgument(f"invalid {flag} {text!r}: expected a size like 512m or 1g") from None
 
 
+def _all_caps() -> list[str]:
+    """Every capability this process may hand on: the kernel's, less what our own bounding set lacks
+    (a host may withhold some even from root; asking for them would fail the container's start)."""
+    from berth.kernel import caps
+
+    bounding = -1
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapBnd:"):
+                    bounding = int(line.split()[1], 16)
+    except OSError:
+        pass
+    return [n for n in caps.names() if caps.CAPS[n] <= caps.last_cap() and bounding >> caps.CAPS[n] & 1]
+
+
 def _caps(opts: dict[str, Any]) -> list[str]:
     if opts.get("privileged"):
-        from berth.kernel import caps
-
-        return [n for n in caps.names() if caps.CAPS[n] <= caps.last_cap()]
+        return _all_caps()
     caps_set = list(DEFAULT_CAPS)
 
     def norm(name: str) -> str:
@@ -62,9 +81,7 @@ def _caps(opts: dict[str, Any]) -> list[str]:
         caps_set = []
     caps_set = [c for c in caps_set if c not in drop]
     if "ALL" in add:
-        from berth.kernel import caps
-
-        add = [n for n in caps.names() if caps.CAPS[n] <= caps.last_cap()]
+        add = _all_caps()
     for c in add:
         if c not in caps_set:
             caps_set.append(c)
@@ -187,16 +204,60 @@ def _mounts(opts: dict[str, Any], privileged: bool) -> list[dict[str, Any]]:
         options = ["rbind", "ro" if m.get("readonly") else "rw"]
         mounts.append({"destination": m["destination"], "type": "bind", "source": m["source"],
                        "options": options})
+    if opts.get("init"):
+        mounts.append({"destination": INIT_PATH, "type": "bind", "source": init_binary(),
+                       "options": ["bind", "ro", "nosuid", "nodev"]})
     return mounts
 
 
-def _resources(opts: dict[str, Any], privileged: bool) -> dict[str, Any]:
+def init_binary() -> str:
+    """The host's static init for ``--init``: $BERTH_INIT, else catatonit or tini-static."""
+    chosen = os.environ.get("BERTH_INIT")
+    for path in (chosen,) if chosen else INIT_CANDIDATES:
+        if os.access(path, os.X_OK):
+            return path
+    raise InvalidArgument(f"--init: no init found ({chosen or ', '.join(INIT_CANDIDATES)}): "
+                          "install catatonit or tini")
+
+
+def devices(opts: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``--device HOST[:CONTAINER[:PERMISSIONS]]`` → (linux.devices nodes, device cgroup rules)."""
+    import stat
+
+    nodes, rules = [], []
+    for spec in opts.get("devices", []):
+        parts = spec.split(":")
+        host = parts[0]
+        target = parts[1] if len(parts) > 1 and parts[1] else host
+        perms = parts[2] if len(parts) > 2 else "rwm"
+        if len(parts) == 2 and parts[1] and set(parts[1]) <= set("rwm"):
+            target, perms = host, parts[1]  # HOST:PERMISSIONS, as Docker accepts
+        if len(parts) > 3 or not perms or not set(perms) <= set("rwm") or not target.startswith("/"):
+            raise InvalidArgument(f"invalid --device {spec!r}: expected HOST[:CONTAINER[:rwm]]")
+        try:
+            st = os.stat(host)
+        except OSError as e:
+            raise InvalidArgument(f"--device {host}: {e.strerror}") from None
+        if stat.S_ISCHR(st.st_mode):
+            kind = "c"
+        elif stat.S_ISBLK(st.st_mode):
+            kind = "b"
+        else:
+            raise InvalidArgument(f"--device {host}: not a device node")
+        major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        nodes.append({"path": target, "type": kind, "major": major, "minor": minor,
+                      "fileMode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid})
+        rules.append({"allow": True, "type": kind, "major": major, "minor": minor, "access": perms})
+    return nodes, rules
+
+
+def _resources(opts: dict[str, Any], privileged: bool, device_rules: list[dict[str, Any]]) -> dict[str, Any]:
     res: dict[str, Any] = {}
     if privileged:
         res["devices"] = [{"allow": True, "access": "rwm"}]
     else:
         res["devices"] = [{"allow": False, "access": "rwm"}, {"allow": True, "type": "c", "access": "m"},
-                          {"allow": True, "type": "b", "access": "m"}]
+                          {"allow": True, "type": "b", "access": "m"}, *device_rules]
     memory: dict[str, Any] = {}
     if opts.get("memory"):
         memory["limit"] = parse_size(opts["memory"], "--memory")
@@ -267,10 +328,14 @@ def build(cid: str, opts: dict[str, Any], image_cfg: dict[str, Any], rootfs: str
     user = _user(opts, image_cfg, rootfs)
     home = user.pop("_home")
     caps = _caps(opts)
+    args = command(opts, image_cfg)
+    if opts.get("init"):
+        args = [INIT_PATH, "--", *args]  # the init is PID 1 and reaps; the command is its child
+    device_nodes, device_rules = devices(opts)
     process: dict[str, Any] = {
         "terminal": tty,
         "user": user,
-        "args": command(opts, image_cfg),
+        "args": args,
         "env": _env(opts, image_cfg, home, hostname, tty),
         "cwd": opts.get("workdir") or image_cfg.get("WorkingDir") or "/",
         "capabilities": {k: list(caps) for k in ("bounding", "effective", "permitted")},
@@ -287,8 +352,10 @@ def build(cid: str, opts: dict[str, Any], image_cfg: dict[str, Any], rootfs: str
     linux: dict[str, Any] = {
         "namespaces": namespaces,
         "cgroupsPath": f"/berth/{cid}",
-        "resources": _resources(opts, privileged),
+        "resources": _resources(opts, privileged, device_rules),
     }
+    if device_nodes:
+        linux["devices"] = device_nodes
     if not privileged:
         linux["maskedPaths"] = list(MASKED_PATHS)
         linux["readonlyPaths"] = list(READONLY_PATHS)

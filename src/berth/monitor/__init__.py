@@ -1,8 +1,11 @@
-"""The per-container monitor (the role conmon plays for Podman): a small process that outlives the
+"""The container monitor (the role conmon plays for Podman): a small process that outlives the
 command that started the container, so berth needs no daemon.
 
-It runs the OCI runtime's create and start, becomes the container's parent (child subreaper),
-holds its stdio and writes it to a json-file log rotated by size, records the exit status and OOM
-kills, runs health checks and applies the restart policy. It imports only the standard library's
-lightest modules and berth's own small ones: its memory per container is the point.
+One supervisor per runroot (``berth.monitor.main``) serves every running container, each driven
+by one event loop (``loop``) as a state machine (``container``): it runs the OCI runtime's create
+and start, becomes the containers' parent (child subreaper), holds their stdio and writes it to
+json-file logs rotated by size (``logfile``), serves ``berth attach`` (``attach``), records exit
+statuses and OOM kills, runs health checks and applies restart policies. Sharing one interpreter
+is what keeps the memory per container near conmon's; it imports only the standard library's
+lightest modules and berth's own small ones. The engine reaches it through ``client``.
 """

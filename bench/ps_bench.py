@@ -1,0 +1,74 @@
+"""``berth ps -a`` vs ``podman ps -a`` with the same number of containers (200 by default, created and
+not started: listing is what is measured), interleaved in one run.
+
+Podman is set up as in ``run_bench.py``: its own storage, runc, cgroupfs, a containers.conf with the
+default ulimits. Run as root: ``.venv/bin/python bench/ps_bench.py [-c 200] [-n 20]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from run_bench import IMAGE, VENV_BIN, busybox_tar, podman_setup
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("-c", "--containers", type=int, default=200)
+    parser.add_argument("-n", type=int, default=20)
+    args = parser.parse_args()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    with tempfile.TemporaryDirectory(prefix="berth-ps-bench-") as tmp:
+        base = Path(tmp)
+        tar = busybox_tar(base)
+        root, runroot = str(base / "berth"), f"/run/{base.name}"
+        berth = [str(VENV_BIN / "berth"), "--root", root, "--runroot", runroot]
+        subprocess.run([*berth, "import", str(tar), IMAGE], check=True, capture_output=True, env=env)
+        from berth.engine.engine import Engine
+
+        with Engine(root, runroot) as engine:  # made in-process: creating is not what is measured
+            for i in range(args.containers):
+                engine.create(IMAGE, ["sleep", "60"], name=f"c{i}", pull="never")
+        cmds = {"berth": [*berth, "ps", "-a"]}
+        podman = podman_setup(base, env, tar)
+        if podman:
+            for i in range(args.containers):
+                subprocess.run([*podman, "create", "--network", "none", "--name", f"c{i}", IMAGE, "sleep", "60"],
+                               check=True, capture_output=True, env=env)
+            cmds["podman"] = [*podman, "ps", "-a"]
+        try:
+            times: dict[str, list[float]] = {k: [] for k in cmds}
+            for i in range(-2, args.n):
+                for name, argv in cmds.items():
+                    start = time.perf_counter()
+                    out = subprocess.run(argv, check=True, capture_output=True, text=True, env=env).stdout
+                    if i >= 0:
+                        times[name].append(time.perf_counter() - start)
+                    rows = len(out.splitlines()) - 1
+                    if rows != args.containers:
+                        raise SystemExit(f"{name} ps listed {rows} containers, not {args.containers}")
+            print(f"ps -a with {args.containers} containers, {args.n} runs each, interleaved")
+            ref = statistics.median(times["podman"]) if "podman" in times else None
+            for name, ts in times.items():
+                med = statistics.median(ts)
+                ratio = f"{med / ref:.2f}x" if ref else "-"
+                print(f"  {name:8} median {med * 1000:7.1f} ms   min {min(ts) * 1000:7.1f} ms   vs podman {ratio}")
+        finally:
+            if podman:
+                subprocess.run([*podman, "rm", "-a", "-f", "-t", "0"], capture_output=True, env=env)
+            subprocess.run([*berth, "container", "prune", "-f"], capture_output=True, env=env)
+            shutil.rmtree(runroot, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""The supervisor's event loop: one thread, one ``poll``, every container's descriptors, timers and
+child processes.
+
+Callbacks carry an ``owner`` (a container, or None for the supervisor's own work): an exception in
+one is handed to ``owner.fault`` (or ``on_error``) and the loop goes on, so one container's trouble
+never stops the others. Child exits arrive through SIGCHLD, whose handler only writes to a wakeup
+pipe (``signal.set_wakeup_fd``); the loop then reaps every exited child with ``waitpid(-1,
+WNOHANG)`` (the supervisor is a subreaper: the containers' inits are its children too), and also
+every ``REAP_EVERY`` seconds while it watches children, so no exit can be missed for long. The exit
+of a child nobody watches (a container's stray process, reparented here) is dropped: pids wrap
+quickly, and a remembered status could be taken for a later process's.
+"""
+
+from __future__ import annotations
+
+import _signal
+import os
+import select
+import time
+from _heapq import heappop, heappush  # not heapq: its Python half costs memory for nothing used here
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+IN = select.POLLIN | select.POLLPRI
+OUT = select.POLLOUT
+REAP_EVERY = 2.0
+
+
+class Timer:
+    __slots__ = ("cancelled", "fn", "owner", "seq", "when")
+
+    def __init__(self, when: float, seq: int, fn: Callable[[], None], owner: Any) -> None:
+        self.when, self.seq, self.fn, self.owner, self.cancelled = when, seq, fn, owner, False
+
+    def __lt__(self, other: Timer) -> bool:
+        return (self.when, self.seq) < (other.when, other.seq)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def _exit_code(raw: int) -> int:
+    code = os.waitstatus_to_exitcode(raw)
+    return 128 - code if code < 0 else code
+
+
+class Loop:
+    def __init__(self, on_error: Callable[[BaseException], None] | None = None) -> None:
+        self.on_error = on_error
+        self._poll = select.poll()
+        self._masks: dict[int, int] = {}
+        self._readers: dict[int, tuple[Callable[[], None], Any]] = {}
+        self._writers: dict[int, tuple[Callable[[], None], Any]] = {}
+        self._timers: list[Timer] = []
+        self._seq = 0
+        self._children: dict[int, tuple[Callable[[int], None], Any]] = {}
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        _signal.set_wakeup_fd(wake_w)
+        _signal.signal(_signal.SIGCHLD, lambda *_: None)  # the C handler writes to the wakeup pipe
+        self._wake_w = wake_w
+        self.add_reader(wake_r, lambda: self._wake(wake_r))
+
+    # ------------------------------------------------------------------ descriptors
+
+    def _update(self, fd: int) -> None:
+        mask = (IN if fd in self._readers else 0) | (OUT if fd in self._writers else 0)
+        if mask:
+            (self._poll.modify if fd in self._masks else self._poll.register)(fd, mask)
+            self._masks[fd] = mask
+        elif self._masks.pop(fd, None) is not None:
+            self._poll.unregister(fd)
+
+    def add_reader(self, fd: int, fn: Callable[[], None], owner: Any = None) -> None:
+        self._readers[fd] = (fn, owner)
+        self._update(fd)
+
+    def add_writer(self, fd: int, fn: Callable[[], None], owner: Any = None) -> None:
+        self._writers[fd] = (fn, owner)
+        self._update(fd)
+
+    def forget(self, fd: int) -> None:
+        """Stop watching ``fd`` (call before closing it)."""
+        self._readers.pop(fd, None)
+        self._writers.pop(fd, None)
+        self._update(fd)
+
+    def remove_writer(self, fd: int) -> None:
+        if self._writers.pop(fd, None) is not None:
+            self._update(fd)
+
+    # ------------------------------------------------------------------ timers and children
+
+    def call_later(self, delay: float, fn: Callable[[], None], owner: Any = None) -> Timer:
+        self._seq += 1
+        timer = Timer(time.monotonic() + delay, self._seq, fn, owner)
+        heappush(self._timers, timer)
+        return timer
+
+    def watch_child(self, pid: int, fn: Callable[[int], None], owner: Any = None) -> None:
+        """Call ``fn(exit code)`` when child ``pid`` exits; a signal death is 128 + the signal, as
+        shells say. A child that may have exited already (an init that became ours) is checked now,
+        with -1 for a status reaped before it was watched."""
+        self._children[pid] = (fn, owner)
+        try:
+            got, raw = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            got, raw = pid, -1
+        if got == pid:
+            del self._children[pid]
+            code = -1 if raw == -1 else _exit_code(raw)
+            self.call_later(0, lambda: fn(code), owner)
+
+    def unwatch_child(self, pid: int) -> None:
+        self._children.pop(pid, None)
+
+    def spawn(self, argv: list[str], *, stdout: int, stderr: int, stdin: int | None = None,
+              setsid: bool = False) -> int:
+        first = (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0) if stdin is None else \
+            (os.POSIX_SPAWN_DUP2, stdin, 0)
+        return os.posix_spawn(argv[0], argv, os.environ, setsid=setsid, file_actions=[
+            first, (os.POSIX_SPAWN_DUP2, stdout, 1), (os.POSIX_SPAWN_DUP2, stderr, 2)])
+
+    def _wake(self, wake_r: int) -> None:
+        try:
+            while os.read(wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+        self._reap()
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, raw = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            watcher = self._children.pop(pid, None)
+            if watcher is not None:
+                self._call(watcher[1], watcher[0], _exit_code(raw))
+
+    # ------------------------------------------------------------------ running
+
+    def _call(self, owner: Any, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as e:
+            handler = owner.fault if owner is not None else self.on_error
+            if handler is not None:
+                try:
+                    handler(e)
+                except Exception:
+                    pass
+
+    def run_once(self, max_wait: float | None = None) -> None:
+        """Wait for the next event (at most ``max_wait`` seconds) and dispatch what is ready."""
+        timers = self._timers
+        while timers and timers[0].cancelled:
+            heappop(timers)
+        wait = max_wait
+        if timers:
+            until = max(0.0, timers[0].when - time.monotonic())
+            wait = until if wait is None else min(wait, until)
+        if self._children:
+            wait = REAP_EVERY if wait is None else min(wait, REAP_EVERY)
+        readers, writers = dict(self._readers), dict(self._writers)
+        events = self._poll.poll(None if wait is None else int(wait * 1000) + 1)
+        for fd, mask in events:
+            # A callback earlier in this round may have closed fd and another taken its number:
+            # only the watch that poll reported on is called.
+            if mask & (OUT | select.POLLERR | select.POLLHUP | select.POLLNVAL) and \
+                    self._writers.get(fd) is writers.get(fd) is not None:
+                fn, owner = self._writers[fd]
+                self._call(owner, fn)
+            if mask & ~OUT and self._readers.get(fd) is readers.get(fd) is not None:
+                fn, owner = self._readers[fd]
+                self._call(owner, fn)
+        if self._children and not events:
+            self._reap()
+        now = time.monotonic()
+        while timers and (timers[0].cancelled or timers[0].when <= now):
+            timer = heappop(timers)
+            if not timer.cancelled:
+                self._call(timer.owner, timer.fn)
