@@ -161,8 +161,11 @@ def test_none_host_and_cleanup(net_engine: Engine, berth: Any) -> None:
     assert r.returncode == 0, r.stderr
     assert "search example.test" in r.stdout and "10.9.9.9" in r.stdout and "db" in r.stdout
     assert "inet " in r.stdout
-    r = berth("run", "--rm", "-p", "8080:80", IMAGE, "true")
+    r = berth("run", "--rm", "--network", "none", "-p", "8080:80", IMAGE, "true")
     assert r.returncode == 125 and "bridge" in r.stderr
+    # With no --network, a container is on the default bridge network, as with Docker.
+    r = berth("run", "--rm", IMAGE, "sh", "-c", "ip -o -4 addr show eth0")
+    assert r.returncode == 0 and "inet " in r.stdout, r.stderr
     assert berth("network", "create", "gone").returncode == 0
     assert berth("network", "prune", "-f").stdout == "Deleted Networks:\ngone\n"
 

@@ -294,7 +294,9 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
         name = name or random_name()
         if not _valid_name(name):
             raise InvalidArgument(f"invalid container name {name!r}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*")
-        options = {**opts, "command": command, "runtime": runtime}
+        # Docker's and Podman's default: the "bridge" network (BERTH_NETWORK names another default).
+        network = opts.get("network") or os.environ.get("BERTH_NETWORK") or "bridge"
+        options = {**opts, "command": command, "runtime": runtime, "network": network}
         self.db.add_container(cid, name, image, str(img.id), options)
         rootfs = os.path.join(self._state_dir(cid), "rootfs")
         try:
