@@ -33,9 +33,8 @@ def _kib(pid: int, field: str) -> int:
 
 
 def _start(argv: list[str], n: int, env: dict[str, str]) -> list[str]:
-    return [subprocess.run([*argv, "run", "-d", *(["--network", "none"] if "podman" in argv[0] else []),
-                            IMAGE, "sleep", "600"], check=True, capture_output=True, text=True,
-                           env=env).stdout.strip() for _ in range(n)]
+    return [subprocess.run([*argv, "run", "-d", "--network", "none", IMAGE, "sleep", "600"], check=True,
+                           capture_output=True, text=True, env=env).stdout.strip() for _ in range(n)]
 
 
 def _per_container(pids: set[int], n: int) -> tuple[float, float]:

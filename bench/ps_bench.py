@@ -37,7 +37,7 @@ def main() -> int:
 
         with Engine(root, runroot) as engine:  # made in-process: creating is not what is measured
             for i in range(args.containers):
-                engine.create(IMAGE, ["sleep", "60"], name=f"c{i}", pull="never")
+                engine.create(IMAGE, ["sleep", "60"], name=f"c{i}", pull="never", network="none")
         cmds = {"berth": [*berth, "ps", "-a"]}
         podman = podman_setup(base, env, tar)
         if podman:
