@@ -3,58 +3,104 @@ others may read at any moment), flock helpers, and tree removal without shutil."
 
 from __future__ import annotations
 
-import contextlib
 import os
 
+# Context managers are classes here, not contextlib generators: berth-runtime imports this module
+# on every container start, and contextlib would bring functools and collections (~2 ms).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
     from typing import IO
 
 
-@contextlib.contextmanager
-def atomic_file(path: str | Path, mode: int = 0o644) -> Iterator[IO[bytes]]:
-    """Yield a file to write; on success it is fsynced and renamed over ``path`` (then the
-    directory is fsynced), on failure it is removed and ``path`` is untouched."""
-    import tempfile
+class atomic_file:  # lower case: used like a function, `with atomic_file(path) as f`
+    """Give a file to write; on success it is fsynced and renamed over ``path`` (then the directory
+    is fsynced), on failure it is removed and ``path`` is untouched."""
 
-    directory = os.path.dirname(os.fspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(os.fspath(path))}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    def __init__(self, path: str | Path, mode: int = 0o644) -> None:
+        self.path = os.fspath(path)
+        self.mode = mode
+
+    def __enter__(self) -> IO[bytes]:
+        import tempfile
+
+        self.directory = os.path.dirname(self.path) or "."
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.", suffix=".tmp",
+                                        dir=self.directory)
+        self.file = os.fdopen(fd, "wb")
+        os.fchmod(fd, self.mode)
+        return self.file
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if exc_type is None:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+            self.file.close()
+            if exc_type is None:
+                os.replace(self.tmp, self.path)
+        except BaseException:
+            _unlink_quietly(self.tmp)
+            raise
+        if exc_type is not None:
+            _unlink_quietly(self.tmp)
+            return
+        dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
-@contextlib.contextmanager
-def file_lock(path: str | None) -> Iterator[None]:
+class file_lock:  # lower case: used like a function, `with file_lock(path):`
     """Hold an exclusive flock on ``path`` (created if missing) for the block; None locks nothing.
     How daemonless berth processes serialise work on one shared object (a network, a table)."""
-    if path is None:
-        yield
-        return
-    import fcntl
 
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def __enter__(self) -> None:
+        if self.path is None:
+            return
+        import fcntl
+
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _unlink_quietly(path: str) -> None:
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def replace_file(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Write-then-rename without fsync: a reader never sees half a file even if the writer dies
+    mid-write. For state that describes processes (a power loss ends them too, so durability across
+    one buys nothing) or caches; on a disk-backed /run an fsync would cost ~2 ms per container start."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, data)
     finally:
         os.close(fd)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -69,15 +115,16 @@ def remove_tree(path: str) -> None:
     except FileNotFoundError:
         return
     except OSError:  # a file or a symlink (ELOOP/ENOTDIR): remove the name itself
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        _unlink_quietly(path)
         return
     try:
         _empty_dir(fd)
     finally:
         os.close(fd)
-    with contextlib.suppress(FileNotFoundError):
+    try:
         os.rmdir(path)
+    except FileNotFoundError:
+        pass
 
 
 def _empty_dir(dir_fd: int) -> None:

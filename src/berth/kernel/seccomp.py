@@ -491,20 +491,13 @@ def _export(fn: Any, ctx: Any) -> bytes:
 
 def _store(path: str, program: bytes) -> None:
     """Write the cache entry atomically; a cache that cannot be written only costs speed."""
-    tmp = f"{path}.{os.getpid()}.tmp"
+    from berth.fsutil import replace_file
+
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, program)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
+        replace_file(path, program, 0o600)
     except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        pass
 
 
 def install(seccomp: Any, cache_dir: str | None = None) -> int | None:

@@ -139,9 +139,9 @@ def create(root: str, cid: str, bundle: str, *, pid_file: str | None = None,
 
 
 def _write_pid_file(path: str, pid: int) -> None:
-    from berth.runtime.state import write_atomic
+    from berth.fsutil import replace_file
 
-    write_atomic(os.path.abspath(path), str(pid).encode(), 0o644)
+    replace_file(os.path.abspath(path), str(pid).encode(), 0o644)
 
 
 def _remove_state_dir(path: str) -> None:

@@ -13,6 +13,7 @@ import os
 import time
 
 from berth.errors import InvalidArgument, NotFound
+from berth.fsutil import replace_file
 from berth.oci import jsonc as json
 
 TYPE_CHECKING = False
@@ -44,21 +45,6 @@ def proc_start_time(pid: int) -> int | None:
     if rest[0] in (b"Z", b"X"):
         return None
     return int(rest[19])
-
-
-def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Write-then-rename, so a reader never sees half a file even if the runtime dies mid-write.
-
-    No fsync: runtime state describes processes, which a power loss ends too, so durability
-    across one buys nothing, and on a disk-backed /run it would cost ~2 ms per container start.
-    """
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
 
 
 class Record:
@@ -129,7 +115,7 @@ class StateDir:
             return None
 
     def save(self, record: Record) -> None:
-        write_atomic(os.path.join(self.path, STATE_FILE), record.to_json())
+        replace_file(os.path.join(self.path, STATE_FILE), record.to_json())
 
     def status(self, record: Record | None) -> str:
         if record is None:
