@@ -23,6 +23,11 @@ from support import need_tool
 BUSYBOX = "/bin/busybox"
 VENV_BIN = Path(sys.executable).parent
 
+# Containers made without --network join the default bridge, as with Docker. The tests that are not
+# about networking use none, as they were written for: a bridge costs each container ~100 ms of
+# set-up and teardown. tests/engine/test_networking.py checks the real default explicitly.
+os.environ.setdefault("BERTH_NETWORK", "none")
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``root`` skip with a reason when not run as root, never silently pass."""

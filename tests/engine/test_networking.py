@@ -163,8 +163,8 @@ def test_none_host_and_cleanup(net_engine: Engine, berth: Any) -> None:
     assert "inet " in r.stdout
     r = berth("run", "--rm", "--network", "none", "-p", "8080:80", IMAGE, "true")
     assert r.returncode == 125 and "bridge" in r.stderr
-    # With no --network, a container is on the default bridge network, as with Docker.
-    r = berth("run", "--rm", IMAGE, "sh", "-c", "ip -o -4 addr show eth0")
+    # With no --network (and no BERTH_NETWORK), a container is on the default bridge network, as with Docker.
+    r = berth("run", "--rm", IMAGE, "sh", "-c", "ip -o -4 addr show eth0", env={"BERTH_NETWORK": ""})
     assert r.returncode == 0 and "inet " in r.stdout, r.stderr
     assert berth("network", "create", "gone").returncode == 0
     assert berth("network", "prune", "-f").stdout == "Deleted Networks:\ngone\n"
