@@ -408,10 +408,6 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
                 receiver.close()
             raise
         master = receiver.master() if receiver is not None else None
-        if master is not None:
-            from berth.runtime.console import inherit_size
-
-            inherit_size(master)
         self.db.update_state(c.id, status="running", pid=pid, started_at=time.time(), exit_code=0, error="")
         if c.config["runtime"] == "berth":
             from berth.runtime import lifecycle

@@ -207,10 +207,6 @@ class Runtime:
                 receiver.close()
             raise
         master = receiver.master() if receiver is not None else None
-        if master is not None:
-            from berth.runtime.console import inherit_size
-
-            inherit_size(master)
         from berth.runtime.execute import _forwarding_signals, forward_signals
 
         if not detach:

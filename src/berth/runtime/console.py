@@ -83,7 +83,8 @@ class Receiver:
         self._sock.listen(1)
 
     def master(self) -> int:
-        """Accept the runtime child's connection and take the master it sends."""
+        """Accept the runtime child's connection and take the master it sends, with the caller's
+        terminal size already set on it (see inherit_size)."""
         import socket
 
         conn, _ = self._sock.accept()
@@ -94,6 +95,7 @@ class Receiver:
             self.close()
         if not fds:
             raise OSError(5, "the container sent no terminal")
+        inherit_size(fds[0])
         return fds[0]
 
     def close(self) -> None:
