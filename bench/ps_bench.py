@@ -10,15 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run_bench import IMAGE, VENV_BIN, busybox_tar, podman_setup
+from run_bench import IMAGE, VENV_BIN, busybox_tar, podman_setup, report, time_interleaved
 
 
 def main() -> int:
@@ -46,22 +44,13 @@ def main() -> int:
                                check=True, capture_output=True, env=env)
             cmds["podman"] = [*podman, "ps", "-a"]
         try:
-            times: dict[str, list[float]] = {k: [] for k in cmds}
-            for i in range(-2, args.n):
-                for name, argv in cmds.items():
-                    start = time.perf_counter()
-                    out = subprocess.run(argv, check=True, capture_output=True, text=True, env=env).stdout
-                    if i >= 0:
-                        times[name].append(time.perf_counter() - start)
-                    rows = len(out.splitlines()) - 1
-                    if rows != args.containers:
-                        raise SystemExit(f"{name} ps listed {rows} containers, not {args.containers}")
-            print(f"ps -a with {args.containers} containers, {args.n} runs each, interleaved")
-            ref = statistics.median(times["podman"]) if "podman" in times else None
-            for name, ts in times.items():
-                med = statistics.median(ts)
-                ratio = f"{med / ref:.2f}x" if ref else "-"
-                print(f"  {name:8} median {med * 1000:7.1f} ms   min {min(ts) * 1000:7.1f} ms   vs podman {ratio}")
+            def listed_all(name: str, out: str) -> None:
+                rows = len(out.splitlines()) - 1
+                if rows != args.containers:
+                    raise SystemExit(f"{name} ps listed {rows} containers, not {args.containers}")
+
+            times = time_interleaved(cmds, args.n, env, listed_all)
+            report(f"ps -a with {args.containers} containers, {args.n} runs each, interleaved", times)
         finally:
             if podman:
                 subprocess.run([*podman, "rm", "-a", "-f", "-t", "0"], capture_output=True, env=env)

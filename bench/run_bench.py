@@ -16,6 +16,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 VENV_BIN = Path(sys.executable).parent
@@ -67,20 +68,35 @@ def main() -> int:
         podman = podman_setup(base, env, tar)
         if podman:
             cmds["podman"] = [*podman, "run", "--rm", "--network", "none", IMAGE, "true"]
-        times: dict[str, list[float]] = {k: [] for k in cmds}
-        for i in range(-2, args.n):
-            for name, argv in cmds.items():
-                start = time.perf_counter()
-                subprocess.run(argv, check=True, capture_output=True, env=env)
-                if i >= 0:
-                    times[name].append(time.perf_counter() - start)
-        print(f"run --rm of true, {args.n} runs each, interleaved")
-        ref = statistics.median(times["podman"]) if "podman" in times else None
-        for name, ts in times.items():
-            med = statistics.median(ts)
-            ratio = f"{med / ref:.2f}x" if ref else "-"
-            print(f"  {name:8} median {med * 1000:7.1f} ms   min {min(ts) * 1000:7.1f} ms   vs podman {ratio}")
+        times = time_interleaved(cmds, args.n, env)
+        report(f"run --rm of true, {args.n} runs each, interleaved", times)
     return 0
+
+
+def time_interleaved(cmds: dict[str, list[str]], n: int, env: dict[str, str],
+                     check: Callable[[str, str], None] | None = None) -> dict[str, list[float]]:
+    """Run each command in turn, ``n`` rounds after 2 warm-up rounds; seconds per command.
+    ``check(name, stdout)`` may refuse an output (SystemExit)."""
+    times: dict[str, list[float]] = {k: [] for k in cmds}
+    for i in range(-2, n):
+        for name, argv in cmds.items():
+            start = time.perf_counter()
+            out = subprocess.run(argv, check=True, capture_output=True, text=True, env=env).stdout
+            if i >= 0:
+                times[name].append(time.perf_counter() - start)
+            if check is not None:
+                check(name, out)
+    return times
+
+
+def report(title: str, times: dict[str, list[float]]) -> None:
+    """Median and minimum of each command, and its ratio to podman's median."""
+    print(title)
+    ref = statistics.median(times["podman"]) if "podman" in times else None
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        ratio = f"{med / ref:.2f}x" if ref else "-"
+        print(f"  {name:8} median {med * 1000:7.1f} ms   min {min(ts) * 1000:7.1f} ms   vs podman {ratio}")
 
 
 if __name__ == "__main__":
