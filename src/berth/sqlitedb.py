@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 
+from berth.errors import InvalidArgument
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -43,3 +45,22 @@ def write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def migrate(conn: sqlite3.Connection, path: str, migrations: list[str]) -> None:
+    """Bring the schema to version ``len(migrations)``: script N (statements separated by ";")
+    takes a database from version N to N+1, recorded in ``PRAGMA user_version``. A database
+    from a newer berth is refused rather than misread. A current one is seen without taking the
+    write lock (every berth command opens its databases)."""
+    target = len(migrations)
+    if conn.execute("PRAGMA user_version").fetchone()[0] == target:
+        return
+    with write(conn) as db:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > target:
+            raise InvalidArgument(f"{path}: schema version {version} is newer than this berth ({target})")
+        for script in migrations[version:]:
+            for statement in script.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+        db.execute(f"PRAGMA user_version = {target}")

@@ -43,7 +43,7 @@ from berth.oci.image import (
 from berth.oci.reference import Reference
 from berth.record import field, record
 from berth.snapshots import Mount, Snapshotter, open_snapshotter
-from berth.sqlitedb import connect, write
+from berth.sqlitedb import connect, migrate, write
 
 # Looking an image up and preparing a container's root is on `berth run`'s path: paths are strings,
 # rows are parsed by berth.oci.jsonc, and json, re, pathlib, typing and threading stay off it.
@@ -55,7 +55,6 @@ if TYPE_CHECKING:
 
     from berth.images.layer import Readable
 
-SCHEMA_VERSION = 1
 _SCHEMA = [
     """CREATE TABLE images (
         id                  TEXT PRIMARY KEY,          -- config digest
@@ -150,8 +149,9 @@ class ImageStore:
         self._snapshotter = snapshotter
         self._snapshotter_kind = snapshotter_kind
         self._lock = _thread.RLock()
-        self._db = connect(os.path.join(self._root, "images.db"), threads=True)
-        self._migrate()
+        db_path = os.path.join(self._root, "images.db")
+        self._db = connect(db_path, threads=True)
+        migrate(self._db, db_path, [";".join(_SCHEMA)])
 
     @property
     def root(self) -> Path:
@@ -667,21 +667,6 @@ class ImageStore:
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock, write(self._db) as db:
             yield db
-
-    def _migrate(self) -> None:
-        if self._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
-            return  # the common case, without taking the write lock
-        with self._write() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise InvalidArgument(
-                    f"{os.path.join(self._root, 'images.db')}: schema version {version} is newer than "
-                    f"this berth ({SCHEMA_VERSION})"
-                )
-            if version < 1:
-                for statement in _SCHEMA:
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def _tag_reference(name: str | Reference) -> Reference:

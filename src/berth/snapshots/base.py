@@ -37,7 +37,7 @@ import time
 from berth.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Unsupported
 from berth.oci import jsonc
 from berth.record import field, record
-from berth.sqlitedb import connect, write
+from berth.sqlitedb import connect, migrate, write
 
 # Preparing and removing a container's snapshot is on `berth run`'s path: paths are strings and the
 # labels go through berth.oci.jsonc, so pathlib, json, re, typing and threading (~8 ms) stay off it.
@@ -86,7 +86,6 @@ VIEW = "view"
 COMMITTED = "committed"
 KINDS = (ACTIVE, VIEW, COMMITTED)
 
-SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS snapshots (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -177,7 +176,7 @@ class Snapshotter:
             spread_subdirectories(self._root)
         self._lock = _thread.RLock()
         self._db = connect(db_path, threads=True)
-        self._migrate()
+        migrate(self._db, db_path, [_SCHEMA])
 
     def close(self) -> None:
         with self._lock:
@@ -386,22 +385,6 @@ class Snapshotter:
 
     def _remove_dir(self, snapshot_id: int) -> None:
         _rmtree(os.path.join(self._root, str(snapshot_id)))
-
-    def _migrate(self) -> None:
-        if self._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
-            return  # the common case, without taking the write lock
-        with self._write() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise InvalidArgument(
-                    f"{os.path.join(self._root, 'metadata.db')}: schema version {version} is newer than this berth "
-                    f"({SCHEMA_VERSION})"
-                )
-            if version < 1:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 _SELECT = ("SELECT s.id AS id, s.key AS key, s.kind AS kind, p.key AS parent_key, s.created AS created,"

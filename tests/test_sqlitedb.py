@@ -1,0 +1,33 @@
+"""berth.sqlitedb: how every state database is opened and migrated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from berth.errors import InvalidArgument
+from berth.sqlitedb import connect, migrate
+
+pytestmark = pytest.mark.unit
+
+MIGRATIONS = ["CREATE TABLE a (x INTEGER); CREATE TABLE b (y TEXT)", "ALTER TABLE a ADD COLUMN z INTEGER"]
+
+
+def test_migrations_run_in_order_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.db")
+    conn = connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    migrate(conn, path, MIGRATIONS[:1])
+    migrate(conn, path, MIGRATIONS)
+    migrate(conn, path, MIGRATIONS)  # current: nothing to do
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert [r[1] for r in conn.execute("PRAGMA table_info(a)")] == ["x", "z"]
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.db")
+    conn = connect(path)
+    migrate(conn, path, MIGRATIONS)
+    with pytest.raises(InvalidArgument, match=r"s\.db: schema version 2 is newer than this berth \(1\)"):
+        migrate(conn, path, MIGRATIONS[:1])
