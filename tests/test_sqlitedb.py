@@ -31,3 +31,29 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     migrate(conn, path, MIGRATIONS)
     with pytest.raises(InvalidArgument, match=r"s\.db: schema version 2 is newer than this berth \(1\)"):
         migrate(conn, path, MIGRATIONS[:1])
+
+
+def test_many_threads_opening_a_new_database_at_once(tmp_path: Path) -> None:
+    """Two openers of a new file race to switch it to WAL; the loser waits instead of failing."""
+    import threading
+
+    path = str(tmp_path / "new.db")
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def open_it() -> None:
+        try:
+            barrier.wait()
+            conn = connect(path)
+            migrate(conn, path, MIGRATIONS)
+            conn.close()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=open_it) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 
 from berth.errors import InvalidArgument
 
@@ -29,10 +30,25 @@ def connect(path: str, timeout: float = 60.0, *, threads: bool = False) -> sqlit
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=not threads)
     conn.row_factory = sqlite3.Row
     if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
-        conn.execute("PRAGMA journal_mode=WAL")
+        _set_wal(conn, timeout)
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA synchronous=NORMAL")
     return conn
+
+
+def _set_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Switch a new database to WAL. Another process or thread opening the same new file at that
+    moment makes the switch fail at once with "database is locked" (the busy timeout does not
+    cover it): try again until it succeeds (it is then WAL, whoever switched it) or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 @contextlib.contextmanager

@@ -163,7 +163,10 @@ class ImageStore:
     def snapshots(self) -> Snapshotter:
         """The snapshotter, opened on first use (choosing overlayfs may need a test mount)."""
         if self._snapshotter is None:
-            self._snapshotter = open_snapshotter(os.path.join(self._root, "snapshots"), self._snapshotter_kind)
+            with self._lock:  # layers unpacking in parallel threads ask at once: open one, not two
+                if self._snapshotter is None:
+                    self._snapshotter = open_snapshotter(os.path.join(self._root, "snapshots"),
+                                                         self._snapshotter_kind)
         return self._snapshotter
 
     def close(self) -> None:
