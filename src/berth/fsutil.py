@@ -53,11 +53,13 @@ class atomic_file:  # lower case: used like a function, `with atomic_file(path) 
 
 
 class file_lock:  # lower case: used like a function, `with file_lock(path):`
-    """Hold an exclusive flock on ``path`` (created if missing) for the block; None locks nothing.
-    How daemonless berth processes serialise work on one shared object (a network, a table)."""
+    """Hold an exclusive (or ``shared``) flock on ``path`` (created if missing) for the block; None
+    locks nothing. How daemonless berth processes serialise work on one shared object (a network, a
+    table) or keep a collector away while they use it."""
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, *, shared: bool = False) -> None:
         self.path = path
+        self.shared = shared
         self.fd: int | None = None
 
     def __enter__(self) -> None:
@@ -68,7 +70,7 @@ class file_lock:  # lower case: used like a function, `with file_lock(path):`
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            fcntl.flock(self.fd, fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX)
         except BaseException:
             os.close(self.fd)
             raise

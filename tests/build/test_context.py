@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from berth.build.context import Context, Ignore
-from berth.errors import NotFound
+from berth.errors import InvalidArgument, NotFound
 
 pytestmark = pytest.mark.unit
 
@@ -75,3 +75,33 @@ def test_context_from_tar() -> None:
         assert Path(ctx.path("Dockerfile")).read_bytes() == b"FROM scratch\n"
     finally:
         ctx.close()
+
+
+def test_context_from_a_hostile_tar_stays_inside(tmp_path: Path) -> None:
+    """A context on stdin is untrusted: a name climbing out, or a file written through a symlink to
+    the host, must not reach outside the unpacked context (gzip-compressed here)."""
+    import gzip
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tf:
+        link = tarfile.TarInfo("escape")
+        link.type, link.linkname = tarfile.SYMTYPE, str(outside)
+        tf.addfile(link)
+        for name in ("escape/planted", "../../planted", "Dockerfile"):
+            data = b"FROM scratch\n"
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    try:
+        ctx = Context.from_tar(io.BytesIO(gzip.compress(raw.getvalue())))
+    except InvalidArgument:
+        pass  # refusing the archive is fine too
+    else:
+        try:
+            assert Path(ctx.path("Dockerfile")).read_bytes() == b"FROM scratch\n"
+        finally:
+            ctx.close()
+    assert list(outside.iterdir()) == []
+    assert not (tmp_path.parent / "planted").exists()

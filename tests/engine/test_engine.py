@@ -107,6 +107,21 @@ def test_cli_run_exit_codes(berth) -> None:  # type: ignore[no-untyped-def]
     assert berth("ps", "-a", "-q").stdout == ""
 
 
+def test_rm_containers_get_a_volatile_rootfs(berth) -> None:  # type: ignore[no-untyped-def]
+    """A --rm container's writable layer is thrown away: its overlay skips syncing (volatile), so its
+    unmount does not flush the host's disk. A kept container's layer is synced as usual."""
+    def root_options(*flags: str) -> set[str]:
+        res = berth("run", *flags, IMAGE, "cat", "/proc/self/mountinfo")
+        assert res.returncode == 0, res.stderr
+        root = next(line.split() for line in res.stdout.splitlines() if line.split()[4] == "/")
+        return set(root[-1].split(","))
+
+    volatile = {"volatile", "fsync=volatile"}  # the second spelling since Linux 6.6
+    assert root_options("--rm") & volatile
+    assert not root_options("--name", "kept") & volatile
+    assert berth("rm", "kept").returncode == 0
+
+
 def test_cli_detached_lifecycle(berth) -> None:  # type: ignore[no-untyped-def]
     cid = berth("run", "-d", "--name", "web", IMAGE, "sh", "-c", "echo ready; sleep 60").stdout.strip()
     assert len(cid) == 64

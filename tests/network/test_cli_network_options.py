@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from berth.cli.network_cmds import network_options
+from berth.cli.run_options import network_options
 from berth.errors import InvalidArgument
 
 pytestmark = pytest.mark.unit

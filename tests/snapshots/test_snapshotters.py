@@ -274,6 +274,54 @@ def test_overlay_mount_with_150_layers(overlay_root: Path, tmp_path: Path) -> No
         unmount(target)
 
 
+def _volatile(target: Path) -> bool:
+    """Whether the overlay on ``target`` is volatile (shown as fsync=volatile since Linux 6.6)."""
+    return bool({"volatile", "fsync=volatile"} & set(_mount_options(target)))
+
+
+def _mount_options(target: Path) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == str(target):
+                return fields[-1].split(",")  # the superblock's options
+    raise AssertionError(f"{target} is not mounted")
+
+
+@pytest.mark.root
+def test_volatile_overlay_can_be_mounted_again_in_the_same_boot(overlay_root: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A --rm container's overlay skips syncing (volatile); the kernel's mark of that, which would
+    refuse any later mount of the layer, is cleared when it was made since boot, kept otherwise."""
+    from berth.snapshots import mount as mountmod
+
+    s = open_snapshotter(overlay_root)
+    layer(s, "sha256:a", None, {"a": "a"})
+    mounts = s.prepare("ctr", "sha256:a")
+    target = tmp_path / "mnt"
+    target.mkdir()
+    mount_all(mounts, target, volatile=True)
+    try:
+        assert _volatile(target)
+        (target / "written").write_text("kept")
+    finally:
+        unmount(target)
+    mark = Path(mounts[0].resolve(mounts[0].option("workdir") or "")) / "work/incompat/volatile"
+    assert mark.is_dir()  # what the kernel leaves behind
+    mount_all(mounts, target)  # same boot: the mark goes, the layer mounts (not volatile now)
+    try:
+        assert not _volatile(target)
+        assert (target / "written").read_text() == "kept"
+    finally:
+        unmount(target)
+    mount_all(mounts, target, volatile=True)
+    unmount(target)
+    monkeypatch.setattr(mountmod, "_boot_time", lambda: float("inf"))  # as if the host had rebooted since
+    with pytest.raises(OSError):
+        mount_all(mounts, target)
+    assert mark.is_dir()
+
+
 @pytest.mark.unit
 def test_copy_snapshotter_when_overlay_is_not_wanted(tmp_path: Path) -> None:
     s = open_snapshotter(tmp_path / "snaps", "copy")

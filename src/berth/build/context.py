@@ -14,7 +14,6 @@ import os
 import posixpath
 import re
 import shutil
-import tarfile
 import tempfile
 from typing import BinaryIO
 
@@ -98,11 +97,14 @@ class Context:
 
     @classmethod
     def from_tar(cls, stream: BinaryIO) -> Context:
+        """The context sent as a tar (plain, gzip, bzip2, xz or zstd), unpacked by the same hardened
+        code as image layers: no entry lands outside the context, whatever its links and names."""
+        from berth.images.layer import apply_layer
+
         tmp = tempfile.mkdtemp(prefix="berth-build-context-")
         try:
-            with tarfile.open(fileobj=stream, mode="r|*") as tf:
-                tf.extractall(tmp, filter="data")
-        except (tarfile.TarError, OSError) as exc:
+            apply_layer(stream, tmp, same_owner=False)
+        except (InvalidArgument, OSError) as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise InvalidArgument(f"the build context on stdin is not a tar archive: {exc}") from None
         ctx = cls(tmp)

@@ -100,7 +100,7 @@ class ContainerCommands:
             raise InvalidArgument('"berth exec" requires at least 2 arguments: the container and the command')
         if opts.get("privileged"):
             raise Unsupported("exec --privileged is not supported yet")
-        from berth.cli.main import environment
+        from berth.cli.run_options import environment
 
         env = environment(opts)
         return self.engine.exec(rest[0], rest[1:], interactive=bool(opts.get("interactive")),

@@ -10,12 +10,8 @@ from __future__ import annotations
 import os
 import sys
 
-from berth.cli.build_cmds import BuildCommands
-from berth.cli.container_cmds import ContainerCommands
 from berth.cli.flags import Flag, parse
-from berth.cli.image_cmds import ImageCommands
-from berth.cli.network_cmds import NetworkCommands
-from berth.cli.volume_cmds import VolumeCommands
+from berth.cli.run_options import RUN_FLAGS, duration_seconds, run_options
 from berth.errors import BerthError, InvalidArgument
 
 TYPE_CHECKING = False
@@ -50,125 +46,12 @@ Commands:
 GLOBAL = [Flag("root", "root", True), Flag("runroot", "runroot", True), Flag("runtime", "runtime", True),
           Flag("help,h", "help"), Flag("version,v", "version")]
 
-RUN_FLAGS = [
-    Flag("detach,d", "detach"), Flag("interactive,i", "interactive"), Flag("tty,t", "tty"), Flag("rm", "rm"),
-    Flag("name", "name", True), Flag("env,e", "env", True, True), Flag("env-file", "env_file", True, True),
-    Flag("workdir,w", "workdir", True), Flag("user,u", "user", True), Flag("hostname,h", "hostname", True),
-    Flag("entrypoint", "entrypoint", True), Flag("label,l", "label", True, True),
-    Flag("volume,v", "volume", True, True), Flag("mount", "mount", True, True), Flag("tmpfs", "tmpfs", True, True),
-    Flag("read-only", "read_only"), Flag("memory,m", "memory", True), Flag("memory-swap", "memory_swap", True),
-    Flag("cpus", "cpus", True), Flag("cpu-shares,c", "cpu_shares", True), Flag("cpuset-cpus", "cpuset_cpus", True),
-    Flag("pids-limit", "pids_limit", True), Flag("ulimit", "ulimits", True, True),
-    Flag("cap-add", "cap_add", True, True), Flag("cap-drop", "cap_drop", True, True),
-    Flag("privileged", "privileged"), Flag("security-opt", "security_opt", True, True),
-    Flag("restart", "restart", True), Flag("stop-signal", "stop_signal", True),
-    Flag("stop-timeout", "stop_timeout", True), Flag("health-cmd", "health_cmd", True),
-    Flag("health-interval", "health_interval", True), Flag("health-retries", "health_retries", True),
-    Flag("health-timeout", "health_timeout", True), Flag("health-start-period", "health_start_period", True),
-    Flag("log-opt", "log_opt", True, True), Flag("runtime", "runtime", True), Flag("pull", "pull", True),
-    Flag("platform", "platform", True), Flag("network,net", "network", True, True), Flag("init", "init"),
-    Flag("publish,p", "publish", True, True), Flag("publish-all,P", "publish_all"), Flag("ip", "ip", True),
-    Flag("network-alias,net-alias", "aliases", True, True), Flag("dns", "dns", True, True),
-    Flag("dns-search", "dns_search", True, True), Flag("add-host", "add_hosts", True, True),
-    Flag("device", "devices", True, True), Flag("detach-keys", "detach_keys", True), Flag("sig-proxy", "sig_proxy"),
-    Flag("help", "help"),
-]
 
 
-def _duration(text: str, flag: str) -> float:
-    """A flag's duration in seconds: Go-style (30s, 1m30s, 500ms) or a plain number of seconds."""
-    seconds = _duration_seconds(text)
-    if seconds is not None:
-        return seconds
-    try:
-        return float(text)
-    except ValueError:
-        raise InvalidArgument(f"invalid {flag} {text!r}: expected a duration like 30s") from None
+class Cli:
+    """The container life-cycle commands (run, ps, rm...); the other command groups are mixed in
+    by ``_every_group`` only when the command is theirs, so that `berth run` does not load them."""
 
-
-def environment(opts: dict[str, Any]) -> list[str]:
-    """-e/--env values, then the lines of each --env-file (blank lines and # comments skipped)."""
-    env = list(opts.get("env", []))
-    for path in opts.get("env_file", []):
-        try:
-            with open(path) as f:
-                env += [line.strip() for line in f if line.strip() and not line.startswith("#")]
-        except OSError as e:
-            raise InvalidArgument(f"--env-file {path}: {e.strerror}") from None
-    return env
-
-
-def run_options(opts: dict[str, Any]) -> dict[str, Any]:
-    """Flags → the Engine's keyword options."""
-    out: dict[str, Any] = {}
-    for key in ("interactive", "tty", "workdir", "user", "hostname", "entrypoint", "read_only", "memory",
-                "memory_swap", "cpus", "cpu_shares", "cpuset_cpus", "pids_limit", "ulimits", "cap_add",
-                "cap_drop", "privileged", "security_opt", "restart", "stop_signal", "stop_timeout", "tmpfs",
-                "runtime", "publish", "publish_all", "ip", "aliases", "dns", "dns_search", "add_hosts", "init",
-                "devices"):
-        if key in opts:
-            out[key] = opts[key]
-    env = environment(opts)
-    if env:
-        out["env"] = env
-    if opts.get("label"):
-        out["labels"] = dict(item.partition("=")[::2] for item in opts["label"])
-    binds = []
-    volumes = []
-    for spec in opts.get("volume", []):
-        parts = spec.split(":")
-        if len(parts) == 1 and parts[0].startswith("/"):
-            parts = ["", parts[0]]  # `-v /path`: an anonymous volume
-        if len(parts) < 2 or not parts[1].startswith("/") or any(o not in ("ro", "rw", "z", "Z") for o in parts[2:]):
-            raise InvalidArgument(f"invalid volume {spec!r}: expected [/host/path|NAME:]/container/path[:ro]")
-        if parts[0].startswith("/"):
-            binds.append({"source": parts[0], "destination": parts[1], "readonly": "ro" in parts[2:]})
-        else:
-            volumes.append({"name": parts[0] or os.urandom(32).hex(), "destination": parts[1],
-                            "readonly": "ro" in parts[2:], "anonymous": not parts[0]})
-    for spec in opts.get("mount", []):
-        fields = dict(f.partition("=")[::2] for f in spec.split(","))
-        kind = fields.get("type", "volume")
-        target = fields.get("target") or fields.get("destination") or fields.get("dst")
-        if not target:
-            raise InvalidArgument(f"invalid --mount {spec!r}: target is required")
-        if kind == "bind":
-            binds.append({"source": fields.get("source") or fields.get("src", ""), "destination": target,
-                          "readonly": "readonly" in fields or fields.get("ro") == "true"})
-        elif kind == "tmpfs":
-            out.setdefault("tmpfs", []).append(target)
-        elif kind == "volume":
-            source = fields.get("source") or fields.get("src")
-            volumes.append({"name": source or os.urandom(32).hex(), "destination": target,
-                            "readonly": "readonly" in fields or fields.get("ro") == "true", "anonymous": not source})
-        else:
-            raise InvalidArgument(f"invalid --mount {spec!r}: type {kind!r} is not supported yet")
-    if binds:
-        out["binds"] = binds
-    if volumes:
-        out["volumes"] = volumes
-    if opts.get("log_opt"):
-        out["log_opts"] = dict(item.partition("=")[::2] for item in opts["log_opt"])
-    if opts.get("health_cmd"):
-        out["health"] = {
-            "test": ["/bin/sh", "-c", opts["health_cmd"]],
-            "interval": _duration(opts.get("health_interval", "30s"), "--health-interval"),
-            "timeout": _duration(opts.get("health_timeout", "30s"), "--health-timeout"),
-            "retries": int(opts.get("health_retries", 3)),
-            "start_period": _duration(opts.get("health_start_period", "0s"), "--health-start-period"),
-        }
-    if opts.get("network"):
-        from berth.cli.network_cmds import network_options
-
-        network_options(opts["network"], out)
-    for spec in opts.get("publish", []):
-        from berth.network.ports import parse as parse_port  # validates early, without pyroute2
-
-        parse_port(spec)
-    return out
-
-
-class Cli(ImageCommands, ContainerCommands, NetworkCommands, VolumeCommands, BuildCommands):
     def __init__(self, gopts: dict[str, Any]) -> None:
         self.gopts = gopts
         self._engine: Engine | None = None
@@ -437,31 +320,12 @@ def _since(text: str) -> str:
 
     if text.replace(".", "", 1).isdigit():
         return timestamp(float(text))
-    seconds = _duration_seconds(text)
+    seconds = duration_seconds(text)
     if seconds is not None:
         return timestamp(time.time() - seconds)
     if len(text) >= 10 and text[4] == "-" and text[7] == "-":
         return text if text.endswith("Z") else text + "Z"
     raise InvalidArgument(f"invalid --since {text!r}: a duration (10m), unix seconds or an RFC 3339 time")
-
-
-def _duration_seconds(text: str) -> float | None:
-    """Go-style durations such as 1h30m, 45s or 500ms; None when ``text`` is not one."""
-    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-    total, number, i = 0.0, "", 0
-    while i < len(text):
-        ch = text[i]
-        if ch.isdigit() or ch == ".":
-            number += ch
-            i += 1
-            continue
-        unit = "ms" if text.startswith("ms", i) else ch
-        if unit not in units or not number:
-            return None
-        total += float(number) * units[unit]
-        number = ""
-        i += len(unit)
-    return total if text and not number else None
 
 
 def _ps_row(c: Container, ports: list[PortMapping]) -> dict[str, Any]:
@@ -487,6 +351,20 @@ def _ports_text(ports: list[PortMapping]) -> str:
     return format_ports(ports)
 
 
+def _every_group() -> type[Cli]:
+    """Cli with every command group mixed in (they call each other: `system` → `system_info`...)."""
+    from berth.cli.build_cmds import BuildCommands
+    from berth.cli.container_cmds import ContainerCommands
+    from berth.cli.image_cmds import ImageCommands
+    from berth.cli.network_cmds import NetworkCommands
+    from berth.cli.volume_cmds import VolumeCommands
+
+    class EveryGroup(Cli, ImageCommands, ContainerCommands, NetworkCommands, VolumeCommands, BuildCommands):
+        pass
+
+    return EveryGroup
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -497,8 +375,9 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(USAGE)
             return 0 if gopts.get("help") else 125
         command, args = rest[0], rest[1:]
-        cli = Cli(gopts)
-        handler = getattr(cli, "cmd_" + command.replace("-", "_"), None)
+        method = "cmd_" + command.replace("-", "_")
+        cli = Cli(gopts) if hasattr(Cli, method) else _every_group()(gopts)
+        handler = getattr(cli, method, None)
         if handler is None:
             raise InvalidArgument(f"unknown command: {command!r}\nSee 'berth --help'.")
         # The engine is not closed: the process ends next (bin/berth leaves through os._exit), and

@@ -28,49 +28,6 @@ Commands:
   connect [--ip IP] [--alias NAME] NETWORK CONTAINER
   disconnect [-f] NETWORK CONTAINER
 """
-#: Network modes that cannot be combined with other networks.
-SOLE_MODES = ("none", "host")
-
-
-def network_options(values: list[str], out: dict[str, Any]) -> None:
-    """``--network`` flags of run/create into the engine's options: ``network`` (the first: its
-    interface is eth0 and carries the default route) and ``networks`` (the others, each
-    ``{"name", "aliases", "ip"}``). A value may be Docker's long form ``name=NET,alias=A,ip=IP``;
-    ``--ip`` and ``--network-alias`` apply to the first network, as with Docker."""
-    parsed: list[dict[str, Any]] = []
-    for value in values:
-        if "=" not in value:
-            parsed.append({"name": value, "aliases": [], "ip": None})
-            continue
-        entry: dict[str, Any] = {"name": "", "aliases": [], "ip": None}
-        for item in value.split(","):
-            key, _, val = item.partition("=")
-            if key == "name":
-                entry["name"] = val
-            elif key == "alias":
-                entry["aliases"].append(val)
-            elif key == "ip":
-                entry["ip"] = val
-            else:
-                raise InvalidArgument(f"invalid --network {value!r}: unknown key {key!r} (name, alias, ip)")
-        if not entry["name"]:
-            raise InvalidArgument(f"invalid --network {value!r}: name=NETWORK is required")
-        parsed.append(entry)
-    if len(parsed) > 1 and any(p["name"] in SOLE_MODES or p["name"].startswith("container:") for p in parsed):
-        raise InvalidArgument("conflicting options: none, host and container:NAME cannot be combined with "
-                              "other networks")
-    first, *rest = parsed
-    out["network"] = first["name"]
-    if first["aliases"]:
-        out["aliases"] = [*out.get("aliases", []), *first["aliases"]]
-    if first["ip"]:
-        if out.get("ip"):
-            raise InvalidArgument("conflicting options: --ip and --network ip=")
-        out["ip"] = first["ip"]
-    if rest:
-        out["networks"] = rest
-
-
 def _row(net: Network) -> dict[str, Any]:
     return {"ID": net.id[:12], "Name": net.name, "Driver": net.driver, "Scope": "local",
             "Subnet": str(net.subnet), "Gateway": str(net.gateway), "Internal": net.internal,

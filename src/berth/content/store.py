@@ -33,13 +33,13 @@ against such operations (the engine's lock) or pass ``blob_min_age``.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
 import time
 
 from berth.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
+from berth.fsutil import file_lock
 from berth.oci import jsonc
 from berth.oci.digest import ALGORITHMS, Digest, Digester
 from berth.record import record
@@ -220,8 +220,10 @@ class ContentStore:
     def _commit_blob(self, data_path: str, digest: Digest) -> None:
         """Rename verified ingest data into place, durably. Holds gc.lock shared meanwhile."""
         target = self._blob_file(digest)
-        with contextlib.suppress(FileExistsError):
+        try:
             os.mkdir(os.path.dirname(target), 0o755)
+        except FileExistsError:
+            pass
         with self._gc_lock(exclusive=False):
             os.utime(data_path)  # mtime = commit time: gc(blob_min_age=) and BlobInfo rely on it
             os.chmod(data_path, 0o444)
@@ -292,8 +294,10 @@ class ContentStore:
                     continue
                 if now - st.st_mtime < blob_min_age:
                     continue
-                with contextlib.suppress(NotFound):
+                try:
                     freed += self.delete(digest)
+                except NotFound:
+                    pass
         for entry in _listdir(self._ingest):
             freed += _remove_stale_ingest(os.path.join(self._ingest, entry), now - ingest_max_age)
         return freed
@@ -312,14 +316,8 @@ class ContentStore:
             ingest_bytes += _tree_size(os.path.join(self._ingest, entry))
         return Usage(blob_count, blob_bytes, ingest_count, ingest_bytes)
 
-    @contextlib.contextmanager
-    def _gc_lock(self, exclusive: bool) -> Iterator[None]:
-        fd = os.open(os.path.join(self._root, "gc.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            yield
-        finally:
-            os.close(fd)
+    def _gc_lock(self, exclusive: bool) -> file_lock:
+        return file_lock(os.path.join(self._root, "gc.lock"), shared=not exclusive)
 
 
 class Writer:
@@ -485,8 +483,10 @@ class Writer:
 
     def __del__(self) -> None:
         # A writer dropped without close() must not hold its ref for the rest of the process.
-        with contextlib.suppress(Exception):
+        try:
             self.close()
+        except Exception:
+            pass
 
     def __enter__(self) -> Writer:
         return self
@@ -508,8 +508,10 @@ class Writer:
     def _reset(self) -> None:
         for name in _listdir(self._path):
             if name != "lock":
-                with contextlib.suppress(FileNotFoundError):
+                try:
                     os.unlink(os.path.join(self._path, name))
+                except FileNotFoundError:
+                    pass
         self.started_at = time.time()
         self._write_meta()
 
@@ -567,8 +569,10 @@ class Follower:
             self._fd = -1
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
+        try:
             self.close()
+        except Exception:
+            pass
 
 
 def _lock_ingest(path: str, ref: str, timeout: float) -> int:
@@ -580,8 +584,10 @@ def _lock_ingest(path: str, ref: str, timeout: float) -> int:
     while True:
         # Not Path.mkdir(exist_ok=True): it raises if the directory vanishes between its mkdir and its
         # is_dir check, which is exactly what a committing writer does.
-        with contextlib.suppress(FileExistsError):
+        try:
             os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
         try:
             fd = _try_lock(path)
         except FileNotFoundError:
@@ -623,10 +629,14 @@ def _remove_ingest(path: str) -> None:
     waiter that gets the lock afterwards finds a fresh, empty ingest."""
     for name in _listdir(path):
         if name != "lock":
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(os.path.join(path, name))
-    with contextlib.suppress(FileNotFoundError):
+            except FileNotFoundError:
+                pass
+    try:
         os.unlink(os.path.join(path, "lock"))
+    except FileNotFoundError:
+        pass
     try:
         os.rmdir(path)
     except OSError as exc:
@@ -697,16 +707,20 @@ def _listdir(path: str) -> list[str]:
 def _tree_size(path: str) -> int:
     total = 0
     for name in _listdir(path):
-        with contextlib.suppress(FileNotFoundError):
+        try:
             total += os.lstat(os.path.join(path, name)).st_size
+        except FileNotFoundError:
+            pass
     return total
 
 
 def _newest_mtime(path: str, skip_lock: bool = False) -> float:
     newest = 0.0
     for name in ["data", "meta.json"] if skip_lock else [".", *_listdir(path)]:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             newest = max(newest, os.lstat(os.path.join(path, name)).st_mtime)
+        except FileNotFoundError:
+            pass
     return newest
 
 

@@ -10,15 +10,15 @@ Schema changes are migrations in ``MIGRATIONS``; ``PRAGMA user_version`` records
 
 from __future__ import annotations
 
-import sqlite3
 import time
 
 from berth.errors import AlreadyExists, NotFound
 from berth.oci import jsonc
-from berth.sqlitedb import connect, write
+from berth.sqlitedb import IntegrityError, connect, migrate, write
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import sqlite3
     from typing import Any
 
 MIGRATIONS = [
@@ -55,19 +55,7 @@ MIGRATIONS = [
 class Database:
     def __init__(self, path: str) -> None:
         self.conn = connect(path)
-        self._migrate()
-
-    def _migrate(self) -> None:
-        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-        if version >= len(MIGRATIONS):
-            return
-        with write(self.conn) as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            for sql in MIGRATIONS[version:]:
-                for statement in sql.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-            db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+        migrate(self.conn, path, MIGRATIONS)
 
     def close(self) -> None:
         self.conn.close()
@@ -78,7 +66,7 @@ class Database:
                 db.execute("INSERT INTO containers VALUES (?, ?, ?, ?, ?, ?)",
                            (cid, name, image, image_id, time.time(), jsonc.dumps(config)))
                 db.execute("INSERT INTO container_state (id, status) VALUES (?, 'created')", (cid,))
-        except sqlite3.IntegrityError:
+        except IntegrityError:
             raise AlreadyExists(f'the container name "{name}" is already in use') from None
 
     def update_state(self, cid: str, **fields: Any) -> None:
@@ -92,7 +80,7 @@ class Database:
     def rename(self, cid: str, name: str) -> None:
         try:
             self.conn.execute("UPDATE containers SET name = ? WHERE id = ?", (name, cid))
-        except sqlite3.IntegrityError:
+        except IntegrityError:
             raise AlreadyExists(f'the container name "{name}" is already in use') from None
 
     def remove_container(self, cid: str) -> None:

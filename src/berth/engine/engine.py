@@ -302,7 +302,7 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
         try:
             os.makedirs(rootfs, mode=0o755)
             mounts = self.image_store.prepare_rootfs(img, cid)
-            mount_all(mounts, rootfs)
+            mount_all(mounts, rootfs, volatile=bool(options.get("auto_remove")))
             if options.get("volumes"):
                 options = {**options, "binds": [*options.get("binds", []),
                                                 *self.resolve_volumes(options["volumes"])]}
@@ -330,7 +330,7 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
         if not os.path.ismount(rootfs):
             from berth.snapshots.mount import mount_all
 
-            mount_all(self.image_store.snapshots.mounts(c.id), rootfs)
+            mount_all(self.image_store.snapshots.mounts(c.id), rootfs, volatile=bool(c.config.get("auto_remove")))
         self._ensure_netns(c)
         for stale in ("exit.json", "stopped", "health.json", "pid"):
             try:

@@ -21,10 +21,10 @@ nobody uses any more) is released, and a container whose creation never finished
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 from berth.errors import BerthError, Conflict, InvalidArgument, NotFound
+from berth.oci import jsonc
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -94,8 +94,10 @@ class NetworkOps:
             f.write(f"{os.getpid()} {proc_start_time(os.getpid())}\n")
 
     def _clear_pending(self, cid: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(self._pending_path(cid))
+        except FileNotFoundError:
+            pass
 
     def _recover_network_crashes(self) -> list[str]:
         """Undo the network work of berth processes killed half way (see the module's docstring);
@@ -212,11 +214,12 @@ class NetworkOps:
             for ns in spec["linux"]["namespaces"]:
                 if ns["type"] == "network":
                     ns["path"] = path
-        import json
-
         bundle = self._bundle_dir(other.id)
-        with contextlib.suppress(OSError, ValueError), open(os.path.join(bundle, "config.json")) as f:
-            spec["hostname"] = json.load(f).get("hostname") or spec["hostname"]
+        try:
+            with open(os.path.join(bundle, "config.json")) as f:
+                spec["hostname"] = jsonc.loads(f.read()).get("hostname") or spec["hostname"]
+        except (OSError, ValueError):
+            pass
         for key, dest in ETC_FILES:
             source = os.path.join(bundle, key)
             if os.path.exists(source):
@@ -269,8 +272,10 @@ class NetworkOps:
         try:
             bridge.new_netns(path)
         except OSError as e:
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(path)
+            except OSError:
+                pass
             raise BerthError(f"cannot create a network namespace: {e}") from None
         crash_point("netns")
         return path
@@ -307,15 +312,21 @@ class NetworkOps:
         bridged = uses_bridge(opts)
         if bridged:
             self._mark_pending(cid)
-            with contextlib.suppress(BerthError):
+            try:
                 self.networks.release_container(cid)
+            except BerthError:
+                pass
         if os.path.ismount(path):
             from berth.kernel.syscalls import MNT_DETACH, umount2
 
-            with contextlib.suppress(OSError):
+            try:
                 umount2(path, MNT_DETACH)
-        with contextlib.suppress(FileNotFoundError):
+            except OSError:
+                pass
+        try:
             os.unlink(path)
+        except FileNotFoundError:
+            pass
         if bridged:
             self._clear_pending(cid)
 

@@ -22,14 +22,13 @@ sweeps a blob whose image is still on its way.
 from __future__ import annotations
 
 import _thread
-import contextlib
 import fcntl
 import os
-import sqlite3
 import time
 
 from berth.content import ContentStore
 from berth.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
+from berth.fsutil import file_lock
 from berth.oci import jsonc
 from berth.oci.digest import Digest
 from berth.oci.image import (
@@ -49,7 +48,8 @@ from berth.sqlitedb import connect, migrate, write
 # rows are parsed by berth.oci.jsonc, and json, re, pathlib, typing and threading stay off it.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Sequence
+    import sqlite3
+    from collections.abc import Callable, Iterable, Sequence
     from pathlib import Path
     from typing import Any
 
@@ -289,12 +289,16 @@ class ImageStore:
             if row is not None:
                 return str(row[0])
         ref = None
-        with contextlib.suppress(InvalidArgument):
-            if not text.startswith("sha256:") and not _is_hex_prefix(text, full=True):
+        if not text.startswith("sha256:") and not _is_hex_prefix(text, full=True):
+            try:
                 ref = Reference.parse(text)
+            except InvalidArgument:
+                pass
         if ref is not None:
-            with contextlib.suppress(NotFound):
+            try:
                 return self._resolve_reference(ref, text)
+            except NotFound:
+                pass
         if _is_hex_prefix(text):
             rows = db.execute("SELECT id FROM images WHERE id LIKE ? LIMIT 2", (full + "%",)).fetchall()
             if len(rows) == 1:
@@ -430,14 +434,9 @@ class ImageStore:
     def dangling(self) -> list[Image]:
         return [img for img in self.images() if not img.names]
 
-    @contextlib.contextmanager
-    def lease(self) -> Iterator[None]:
+    def lease(self) -> file_lock:
         """Hold while putting blobs in the content store for an image not recorded yet."""
-        fd = self._lock_file(fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            os.close(fd)
+        return file_lock(os.path.join(self._root, "images.lock"), shared=True)
 
     def gc(self, *, wait: bool = True) -> int:
         """Delete blobs no image references and snapshots no image uses; return the bytes of blobs freed.
@@ -561,6 +560,8 @@ class ImageStore:
         mounts = self.snapshots.prepare(active, None if parent_ready is not None else parent,
                                         labels={"berth.layer": str(desc.digest)})
         try:
+            import contextlib
+
             from berth.images.layer import apply_layer, apply_to_mounts  # only when a layer is missing
 
             source: Any = stream
@@ -590,8 +591,10 @@ class ImageStore:
             except AlreadyExists:  # another process unpacked the same layer meanwhile
                 self.snapshots.remove(active)
         except BaseException:
-            with contextlib.suppress(Exception):
+            try:
                 self.snapshots.remove(active)
+            except Exception:
+                pass
             raise
 
     def is_unpacked(self, image: Image) -> bool:
@@ -666,10 +669,8 @@ class ImageStore:
 
     # -- internals ----------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, write(self._db) as db:
-            yield db
+    def _write(self) -> write:
+        return write(self._db, self._lock)
 
 
 def _tag_reference(name: str | Reference) -> Reference:

@@ -62,7 +62,9 @@ def loads(text: str | bytes | bytearray, unique_keys: bool = False) -> Any:
     ``unique_keys``, an object that repeats a key is an error (documents whose digest is checked:
     two parsers must not read different values out of the same bytes)."""
     if isinstance(text, bytes | bytearray):
-        text = text.decode("utf-8-sig")
+        text = text.decode()  # not "utf-8-sig": that codec is a module to import; a BOM goes below
+        if text.startswith("\ufeff"):
+            text = text[1:]
     stripped = text.lstrip(" \t\n\r")
     offset = len(text) - len(stripped)
     stripped = stripped.rstrip(" \t\n\r")

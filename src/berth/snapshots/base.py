@@ -27,9 +27,7 @@ between leaves an orphan directory that :meth:`Snapshotter.cleanup` removes.
 from __future__ import annotations
 
 import _thread
-import contextlib
 import os
-import sqlite3
 import stat
 import sys
 import time
@@ -43,7 +41,8 @@ from berth.sqlitedb import connect, migrate, write
 # labels go through berth.oci.jsonc, so pathlib, json, re, typing and threading (~8 ms) stay off it.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    import sqlite3
+    from collections.abc import Mapping
     from pathlib import Path
     from typing import Any
 
@@ -340,8 +339,10 @@ class Snapshotter:
         try:
             self._populate(info, chain)
         except BaseException:
-            with contextlib.suppress(Exception):
+            try:
                 self.remove(key)
+            except Exception:
+                pass
             raise
         return self._mounts(info, chain)
 
@@ -377,11 +378,9 @@ class Snapshotter:
         return Info(key=row["key"], kind=row["kind"], parent=row["parent_key"], created=row["created"],
                     updated=row["updated"], labels=jsonc.loads(row["labels"]), id=row["id"])
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> write:
         """A write transaction, exclusive between threads and processes."""
-        with self._lock, write(self._db) as db:
-            yield db
+        return write(self._db, self._lock)
 
     def _remove_dir(self, snapshot_id: int) -> None:
         _rmtree(os.path.join(self._root, str(snapshot_id)))

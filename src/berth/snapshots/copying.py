@@ -8,7 +8,6 @@ A view of a committed snapshot needs no copy: it is a read-only bind mount of th
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
@@ -158,10 +157,14 @@ def _copy_xattrs(src: int | str, dst: int | str, follow: bool) -> None:
             return
         raise
     for name in names:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             value = os.getxattr(src, name, follow_symlinks=follow)
-            try:
-                os.setxattr(dst, name, value, follow_symlinks=follow)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
-                    raise
+        except FileNotFoundError:  # the attribute went meanwhile
+            continue
+        try:
+            os.setxattr(dst, name, value, follow_symlinks=follow)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+                raise

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 import time
 
 from berth.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
 from berth.oci import jsonc
-from berth.sqlitedb import write
+from berth.sqlitedb import IntegrityError, write
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import sqlite3
     from collections.abc import Sequence
     from typing import Any
 
@@ -73,7 +73,7 @@ class VolumeStore:
             with write(self.conn) as db:
                 db.execute("INSERT INTO volumes VALUES (?, 'local', ?, ?, ?)",
                            (name, time.time(), jsonc.dumps(labels or {}), jsonc.dumps(options or {})))
-        except sqlite3.IntegrityError:
+        except IntegrityError:
             if exist_ok:
                 return self.get(name)
             raise AlreadyExists(f"volume {name} already exists") from None
