@@ -147,7 +147,7 @@ def _init(launch: Launch, chan: Channel, seccomp: Any) -> None:
     if nnp:
         sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
     else:
-        proc.install_seccomp(seccomp)
+        proc.install_seccomp(seccomp, {**state, "status": "creating"})
     proc.switch_identity(process)
     env = proc.environment(process)
     if launch.listen_fds:
@@ -165,7 +165,7 @@ def _init(launch: Launch, chan: Channel, seccomp: Any) -> None:
         state["status"] = "running"
         run_hooks(spec, "startContainer", state)
         if nnp:
-            proc.install_seccomp(seccomp)
+            proc.install_seccomp(seccomp, state)
         trampoline.execve(tramp_fd, path, process["args"], env)
     except BaseException as e:
         os.write(2, f"berth-runtime: {e}\n".encode())

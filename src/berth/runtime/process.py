@@ -15,7 +15,7 @@ import os
 import resource
 import stat
 
-from berth.errors import CannotInvoke, CommandNotFound
+from berth.errors import BerthError, CannotInvoke, CommandNotFound
 from berth.kernel import syscalls as sc
 
 TYPE_CHECKING = False
@@ -152,7 +152,7 @@ def close_fds(preserve: int, keep: set[int]) -> None:
                 pass
 
 
-def preload(spec: dict[str, Any], state_root: str | None = None) -> Any:
+def preload(spec: dict[str, Any], state_root: str | None = None) -> Seccomp | None:
     """Load everything needed after entering the container while the host's filesystem is still
     visible: past pivot_root (or setns into its mount namespace) neither the dynamic loader nor
     Python's import system would find libcap, libseccomp or a not-yet-imported module.
@@ -170,13 +170,84 @@ def preload(spec: dict[str, Any], state_root: str | None = None) -> Any:
         return None
     from berth.kernel.seccomp import prepare
 
-    return prepare(seccomp, os.path.join(state_root, ".seccomp") if state_root else None)
+    prepared = Seccomp(prepare(seccomp, os.path.join(state_root, ".seccomp") if state_root else None))
+    if prepared.filter.notify:
+        prepared.connect(seccomp["listenerPath"], seccomp.get("listenerMetadata"))
+    return prepared
 
 
-def install_seccomp(prepared: Any) -> None:
-    """Load the filter ``preload`` compiled, if the config has one."""
-    if prepared is not None:
-        prepared.load()
+class Seccomp:
+    """A prepared filter and, when a rule uses SCMP_ACT_NOTIFY, the connection to the seccomp agent
+    at ``listenerPath``: made in ``preload`` because past pivot_root that path is out of reach,
+    used once the filter is loaded to hand the agent the notify fd (as runc does)."""
+
+    def __init__(self, prepared: Any) -> None:
+        self.filter = prepared
+        self.listener: Any = None
+        self.metadata: str | None = None
+        self.failure = ""
+
+    def connect(self, path: str, metadata: str | None) -> None:
+        """Connect to the agent. A failure is raised by ``send``: raised now, while the parent may
+        still be writing its first message, it would reach the caller as a broken pipe."""
+        import _socket  # the C module: `socket` builds enums on import (~3 ms)
+
+        from berth.oci import jsonc  # noqa: F401  (for send(), past pivot_root)
+
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(path)
+        except OSError as e:
+            sock.close()
+            self.failure = f"linux.seccomp.listenerPath {path}: {e.strerror or e}"
+            return
+        self.listener, self.metadata = sock, metadata
+
+    def send(self, notify_fd: int, state: dict[str, Any]) -> None:
+        """Send the container process state with ``notify_fd`` (SCM_RIGHTS), then close both."""
+        import _socket
+        import sys
+
+        from berth.oci import jsonc
+
+        message: dict[str, Any] = {"ociVersion": state["ociVersion"], "fds": ["seccompFd"], "pid": state["pid"]}
+        if self.metadata is not None:
+            message["metadata"] = self.metadata
+        message["state"] = state
+        data = jsonc.dumps(message).encode()
+        rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, notify_fd.to_bytes(4, sys.byteorder))]
+        try:
+            if self.listener is None:
+                raise BerthError(self.failure)
+            sent = self.listener.sendmsg([data], rights)
+            while sent < len(data):  # the fd went with the first part; the rest is plain payload
+                sent += self.listener.send(data[sent:])
+        except OSError as e:
+            raise BerthError(f"linux.seccomp.listenerPath: sending the seccomp fd failed: "
+                             f"{e.strerror or e}") from None
+        finally:
+            self.close(notify_fd)
+
+    def close(self, notify_fd: int | None = None) -> None:
+        """Close the agent's connection and the notify fd: neither may reach the container."""
+        if notify_fd is not None:
+            os.close(notify_fd)
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+
+
+def install_seccomp(prepared: Seccomp | None, state: dict[str, Any] | None = None) -> None:
+    """Load the filter ``preload`` compiled, if the config has one, and hand its notify fd with
+    ``state`` (the container's state) to the seccomp agent. Without ``state`` (``exec`` has none to
+    give yet) the fd is closed: notified syscalls then fail with ENOSYS."""
+    if prepared is None:
+        return
+    notify_fd = prepared.filter.load()
+    if notify_fd is not None and state is not None:
+        prepared.send(notify_fd, state)
+    else:
+        prepared.close(notify_fd)
 
 
 def set_dumpable(on: bool) -> None:
