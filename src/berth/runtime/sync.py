@@ -25,7 +25,16 @@ class Channel:
 
     def send(self, tag: str, payload: Any = None) -> None:
         line = tag + (json.dumps(payload) if payload is not None else "") + "\n"
-        os.write(self.write_fd, line.encode())
+        try:
+            os.write(self.write_fd, line.encode())
+        except BrokenPipeError:
+            # The other side is gone, most often after reporting why: raise that, not the pipe.
+            while True:
+                got, payload = self.recv()
+                if got == "E":
+                    raise _error(payload) from None
+                if got == "":
+                    raise errors.BerthError("container init exited before it was ready") from None
 
     def recv(self) -> tuple[str, Any]:
         """The next message; ("", None) when the other side closed without a word."""
@@ -39,10 +48,10 @@ class Channel:
         return text[0], (json.loads(text[1:]) if len(text) > 1 else None)
 
     def expect(self, tag: str) -> Any:
+        """The payload of the next message, which must be ``tag``; the other side's error raised."""
         got, payload = self.recv()
         if got == "E":
-            cls = getattr(errors, payload["kind"], errors.BerthError)
-            raise cls(payload["message"])
+            raise _error(payload)
         if got != tag:
             raise errors.BerthError("container init exited before it was ready"
                                     if got == "" else f"container init: unexpected message {got!r}")
@@ -68,6 +77,12 @@ class Channel:
                 os.close(fd)
             except OSError:
                 pass
+
+
+def _error(payload: dict[str, str]) -> errors.BerthError:
+    """The error the other side reported, as its class (and so its exit code)."""
+    cls = getattr(errors, payload["kind"], errors.BerthError)
+    return cls(payload["message"])
 
 
 def pair() -> tuple[Channel, Channel]:
