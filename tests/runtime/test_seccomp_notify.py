@@ -151,3 +151,34 @@ def test_no_agent_listening_fails_create(rt: Any, make_bundle: Any, cid: str, ag
     assert res.returncode != 0
     assert f"linux.seccomp.listenerPath {agent_socket}" in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_exec_hands_its_own_fd_to_the_agent(rt: Any, make_bundle: Any, cid: str, agent_socket: Path) -> None:
+    """A process exec'd into the container gets the filter too; its notify fd goes to the agent
+    with the container's state and the exec'd process's pid."""
+    first = Agent(agent_socket, [])  # the init's fd: nothing to answer, the init only sleeps
+    first.start()
+    bundle = make_bundle(["sleep", "30"], edit=lambda spec: notify_config(spec, agent_socket, False))
+    try:
+        rt("create", "--bundle", str(bundle), cid)
+        rt("start", cid)
+        first.join(20)
+        assert first.error is None, repr(first.error)
+        init_pid = first.message["pid"]
+    finally:
+        first.close()
+    agent_socket.unlink()
+    second = Agent(agent_socket, [(0, -errno.EPERM)])
+    second.start()
+    try:
+        res = rt("exec", cid, "sh", "-c", "mkdir /tmp/c; echo r=$?", check=False)
+        second.join(20)
+        assert second.error is None, repr(second.error)
+        assert res.returncode == 0 and "r=1" in res.stdout, (res.stdout, res.stderr)
+        assert [path for _nr, _pid, path in second.seen] == ["/tmp/c"]
+        msg = second.message
+        assert msg["state"]["id"] == cid and msg["state"]["status"] == "running"
+        assert msg["pid"] not in (init_pid, 0) and msg["pid"] == msg["state"]["pid"]
+    finally:
+        second.close()
+        rt("delete", "--force", cid, check=False)

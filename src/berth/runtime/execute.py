@@ -77,7 +77,10 @@ def exec_process(root: str, cid: str, process: dict[str, Any], *, detach: bool =
     try:
         if not detach:
             forward_signals(pid)
-        parent.send("G")
+        from berth.runtime.state import oci_state
+
+        # For a seccomp agent (linux.seccomp.listenerPath): the state, with this process's pid.
+        parent.send("G", {**oci_state(record, cid, "running"), "pid": pid})
         parent.expect("R")
     except BaseException:
         from berth.runtime.lifecycle import _kill_and_wait
@@ -133,7 +136,7 @@ def _child(spec: dict[str, Any], process: dict[str, Any], fds: list[tuple[int, i
         proc.close_fds(preserve_fds, keep)
         seccomp = proc.preload(spec, state_root)
         cgroup.enter()
-        chan.expect("G")
+        state = chan.expect("G")
         for fd, flag in fds:
             sc.setns(fd, flag)
         os.chdir("/")
@@ -149,13 +152,13 @@ def _child(spec: dict[str, Any], process: dict[str, Any], fds: list[tuple[int, i
         if nnp:
             sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
         else:
-            proc.install_seccomp(seccomp)
+            proc.install_seccomp(seccomp, state)
         proc.switch_identity(process)
         env = proc.environment(process)
         proc.enter_cwd(process["cwd"])
         path = proc.resolve_executable(process["args"], env)
         if nnp:
-            proc.install_seccomp(seccomp)
+            proc.install_seccomp(seccomp, state)
         chan.send("R")
         chan.close()
         trampoline.execve(tramp_fd, path, process["args"], env)

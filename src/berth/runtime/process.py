@@ -239,8 +239,8 @@ class Seccomp:
 
 def install_seccomp(prepared: Seccomp | None, state: dict[str, Any] | None = None) -> None:
     """Load the filter ``preload`` compiled, if the config has one, and hand its notify fd with
-    ``state`` (the container's state) to the seccomp agent. Without ``state`` (``exec`` has none to
-    give yet) the fd is closed: notified syscalls then fail with ENOSYS."""
+    ``state`` (the container's state, with the pid of the process it is for) to the seccomp agent.
+    Without ``state`` the fd is closed: notified syscalls then fail with ENOSYS."""
     if prepared is None:
         return
     notify_fd = prepared.filter.load()
