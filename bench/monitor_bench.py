@@ -5,7 +5,8 @@ podman set up as in ``run_bench.py``), in one run: the sum of the PSS of every b
 process holding them (``monitor.pid``), divided by N, next to the sum of the PSS of their conmon
 processes (``.State.ConmonPid``), divided by N; and the same for private dirty memory (what
 no other process shares: PSS also counts a share of the interpreter's or conmon's file pages,
-which depends on what else runs).
+which depends on what else runs). First, for scale, an idle ``python3 -IS`` of the same interpreter:
+the floor of any Python supervisor, which N=1 can only approach.
 
 Run as root: ``.venv/bin/python bench/monitor_bench.py [-N 1,10,30]``.
 """
@@ -43,6 +44,16 @@ def _per_container(pids: set[int], n: int) -> tuple[float, float]:
             sum(_kib(pid, "Private_Dirty") for pid in pids) / n / 1024)
 
 
+def _idle_interpreter() -> tuple[float, float]:
+    """(PSS, private dirty) of an idle ``python3 -IS``, in MiB."""
+    idle = subprocess.Popen([sys.executable, "-IS", "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        time.sleep(0.5)
+        return _per_container({idle.pid}, 1)
+    finally:
+        idle.communicate(b"")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-N", default="1,10,30", help="container counts, comma-separated")
@@ -56,6 +67,7 @@ def main() -> int:
         subprocess.run([*berth, "import", str(tar), IMAGE], check=True, capture_output=True, env=env)
         podman = podman_setup(base, env, tar)
         print("Outside the containers, per container: PSS / private dirty (MiB), N detached sleepers each")
+        print("  idle python3 -IS  {:5.2f} / {:4.2f}".format(*_idle_interpreter()), flush=True)
         try:
             for n in (int(x) for x in args.N.split(",")):
                 ids = _start(berth, n, env)

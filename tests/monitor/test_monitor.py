@@ -138,17 +138,63 @@ def _private_dirty_kib(pid: int) -> int:
     raise AssertionError("no Private_Dirty")
 
 
+def _idle_interpreter_kib() -> int:
+    """An idle ``python3 -IS`` of the same interpreter: the floor any Python supervisor stands on."""
+    idle = subprocess.Popen([sys.executable, "-IS", "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        time.sleep(0.5)
+        return _private_dirty_kib(idle.pid)
+    finally:
+        idle.communicate(b"")
+
+
 def test_monitor_memory_is_small(tmp_path: Path, make_bundle: Any) -> None:
     """Not a benchmark: a guard that the supervisor stays lean. Its own memory (private dirty: PSS
     also counts a share of the interpreter's pages, which depends on what else runs) is an idle
-    interpreter's (~2.6 MiB) and a little more; bench/monitor_bench.py has the figures."""
+    interpreter's and ~0.45 MiB more (0.65 when it imported ``os`` and more). A container's end
+    (its OOM check, its events) must not grow it either: that work runs in a forked child, so the
+    cgroup code (~0.4 MiB) never enters the supervisor. bench/monitor_bench.py has the figures."""
     state, line = spawn_monitor(tmp_path, make_bundle, ["sleep", "30"], name="mem")
     assert line.startswith("started ")
     pid = int(json.loads((state / "monitor.pid").read_text()))
-    assert _private_dirty_kib(pid) < 4 * 1024
+    time.sleep(0.3)
+    started = _private_dirty_kib(pid)
+    assert started < _idle_interpreter_kib() + 576, started
+    events = tmp_path / "events.log"
+    for i in range(3):  # a few ends, each with an exit.json and events written
+        ended, line = spawn_monitor(tmp_path, make_bundle, ["sh", "-c", "exit 3"], name=f"end{i}",
+                                    events={"path": str(events), "name": f"end{i}", "image": "busybox"})
+        assert line.startswith("started ")
+        assert wait_file(ended / "exit.json")["exitCode"] == 3
+        deadline = time.monotonic() + 10
+        while (ended / "monitor.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert [json.loads(e)["Action"] for e in events.read_text().splitlines()] == ["die"] * 3
+    assert _private_dirty_kib(pid) < started + 96, (started, _private_dirty_kib(pid))
     cid = json.loads((state / "monitor.json").read_text())["id"]
     subprocess.run([str(BIN / "berth-runtime"), "--root", str(tmp_path / "rt"), "kill", cid, "KILL"], check=True)
     assert wait_file(state / "exit.json")["exitCode"] == 137
+
+
+def test_supervisor_imports_stay_light() -> None:
+    """What the long-lived supervisor imports (a terminal's console included) is paid for by every
+    container: none of the standard library's heavier modules (``os`` and its ``collections.abc``,
+    ``json``, ``ctypes``...), none of berth's outside ``berth.monitor`` but ``berth.oci.jsonc``, and not
+    the attach module's client side."""
+    import berth
+
+    src = str(Path(berth.__file__).parent.parent)
+    code = (f"import sys; sys.path[:0] = [{src!r}]; base = set(sys.modules); "
+            "import berth.monitor.main, berth.monitor.console; print(*sorted(set(sys.modules) - base))")
+    loaded = set(subprocess.run([sys.executable, "-IS", "-c", code], check=True, capture_output=True,
+                                text=True).stdout.split())
+    assert "berth.monitor.main" in loaded
+    heavy = {"os", "_collections_abc", "collections", "json", "ctypes", "socket", "sqlite3", "typing", "re",
+             "enum", "heapq", "tempfile", "signal", "berth.monitor.attach", "berth.monitor.client"}
+    assert not loaded & heavy
+    allowed = {"berth.oci", "berth.oci.jsonc", "berth.monitor", *(
+        f"berth.monitor.{m}" for m in ("main", "loop", "container", "logfile", "sockets", "console"))}
+    assert {m for m in loaded if m.startswith("berth.")} <= allowed
 
 
 def test_attach_socket_stdin_output_and_exit(tmp_path: Path, make_bundle: Any) -> None:

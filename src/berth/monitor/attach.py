@@ -14,8 +14,7 @@ The client that sent ``s`` owns the container's end: if it is still there to hea
 it removes a ``--rm`` container itself (so ``berth run --rm`` returns with the container gone);
 otherwise (it detached, or died) the monitor runs its ``exit_command``.
 
-Socket paths go through ``/proc/self/fd/N/attach`` of a directory descriptor: a state directory's
-path may be longer than the 107 bytes ``sun_path`` holds.
+The monitor's side is ``berth.monitor.sockets.Server``.
 
 The client side (``relay``) runs in the ``berth`` process: it copies the caller's stdin to the socket
 and the socket to the caller's stdout and stderr until the container exits or the user types the
@@ -24,125 +23,15 @@ detach keys (ctrl-p ctrl-q by default, with a terminal only, as Docker does).
 
 from __future__ import annotations
 
-import _socket
 import os
+
+from berth.monitor.sockets import MAX_MESSAGE, at, seqpacket
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from typing import Any
+    import _socket
 
-    from berth.monitor.loop import Loop
-
-NAME = "attach"
-MAX_MESSAGE = 1 << 17
 DEFAULT_DETACH_KEYS = "ctrl-p,ctrl-q"
-
-
-def _at(directory: str, fn: Callable[[str], None], name: str = NAME) -> None:
-    """Call ``fn`` with a short path naming ``directory/name``."""
-    fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fn(f"/proc/self/fd/{fd}/{name}")
-    finally:
-        os.close(fd)
-
-
-def _seqpacket(fileno: int | None = None) -> _socket.socket:
-    kind = _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC
-    if fileno is None:
-        return _socket.socket(_socket.AF_UNIX, kind)
-    return _socket.socket(_socket.AF_UNIX, kind, 0, fileno)
-
-
-def listen(directory: str, name: str = NAME) -> _socket.socket:
-    """A SOCK_SEQPACKET listener at ``directory/name``, replacing what a previous one left there."""
-    try:
-        os.unlink(os.path.join(directory, name))
-    except FileNotFoundError:
-        pass
-    listener = _seqpacket()
-    _at(directory, listener.bind, name)
-    listener.listen(64)
-    return listener
-
-
-def accept(listener: _socket.socket) -> _socket.socket | None:
-    try:
-        conn, _ = listener._accept()  # type: ignore[attr-defined]  # _socket's accept
-    except OSError:
-        return None
-    return _seqpacket(conn)
-
-
-class Server:
-    """The monitor's side: a listener and the connected clients, watched by the supervisor's loop.
-    ``on_message(data)`` gets each client message; ``on_leave()`` runs when a client goes."""
-
-    def __init__(self, directory: str, loop: Loop, owner: Any, on_message: Callable[[bytes], None],
-                 on_leave: Callable[[], None]) -> None:
-        self.loop, self.owner_obj = loop, owner
-        self.on_message, self.on_leave = on_message, on_leave
-        self.listener = listen(directory)
-        self.listener.setblocking(False)
-        self.clients: dict[int, _socket.socket] = {}
-        self.owner: int | None = None  # the client that asked to start
-        loop.add_reader(self.listener.fileno(), self._accept, owner)
-
-    def _accept(self) -> None:
-        client = accept(self.listener)
-        if client is None:
-            return
-        client.settimeout(2.0)  # a client that stops reading is dropped, not waited for
-        fd = client.fileno()
-        self.clients[fd] = client
-        self.loop.add_reader(fd, lambda: self._read(fd), self.owner_obj)
-
-    def _read(self, fd: int) -> None:
-        if fd not in self.clients:  # dropped earlier in the same round
-            return
-        try:
-            data = self.clients[fd].recv(MAX_MESSAGE)
-        except OSError:
-            data = b""
-        if not data:
-            self.drop(fd)
-            self.on_leave()
-            return
-        if data == b"s":
-            self.owner = fd
-        self.on_message(data)
-
-    def broadcast(self, tag: bytes, data: bytes) -> None:
-        for fd, client in list(self.clients.items()):
-            try:
-                client.sendall(tag + data)
-            except OSError:
-                self.drop(fd)
-
-    def finish(self, code: int) -> bool:
-        """Tell every client the exit status and let them go; return whether the owner heard it."""
-        self.broadcast(b"x", str(code).encode())
-        heard = self.owner is not None and self.owner in self.clients
-        for fd in list(self.clients):
-            self.drop(fd)
-        self.owner = None
-        return heard
-
-    def drop(self, fd: int) -> None:
-        client = self.clients.pop(fd, None)
-        if client is not None:
-            self.loop.forget(fd)
-            client.close()
-
-    def close(self) -> None:
-        for fd in list(self.clients):
-            self.drop(fd)
-        self.loop.forget(self.listener.fileno())
-        self.listener.close()
-
-
-# ---------------------------------------------------------------------- client side
 
 
 def parse_detach_keys(text: str | None) -> bytes:
@@ -191,9 +80,9 @@ class _DetachScanner:
 
 
 def connect(directory: str) -> _socket.socket:
-    sock = _seqpacket()
+    sock = seqpacket()
     try:
-        _at(directory, sock.connect)
+        at(directory, sock.connect)
     except OSError:
         sock.close()
         raise

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import os
 
-from berth.monitor import attach
+from berth.monitor import LOCK, SOCKET
+from berth.monitor.sockets import at, seqpacket
 
-SOCKET = "monitor.sock"
-LOCK = "monitor.lock"
 NAME = b"berth-monitor"
 
 TYPE_CHECKING = False
@@ -40,9 +39,9 @@ def request(runroot: str, verb: str, state_dir: str, program: str) -> str:
 
 
 def _connect(runroot: str) -> _socket.socket | None:
-    sock = attach._seqpacket()
+    sock = seqpacket()
     try:
-        attach._at(runroot, sock.connect, SOCKET)
+        at(runroot, sock.connect, SOCKET)
     except OSError:
         sock.close()
         return None

@@ -18,11 +18,12 @@ and a terminal's master is gone, which hangs the container's terminal up (SIGHUP
 
 from __future__ import annotations
 
-import os
+import posix  # not os, whose import costs the supervisor ~180 KiB (see berth.monitor.loop)
+import sys
 import time
 
-from berth.monitor.attach import Server
 from berth.monitor.logfile import LogWriter, timestamp
+from berth.monitor.sockets import Server
 from berth.oci import jsonc
 
 TYPE_CHECKING = False
@@ -42,7 +43,7 @@ def write_json(path: str, obj: Any) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(jsonc.dumps(obj))
-    os.replace(tmp, path)
+    posix.replace(tmp, path)
 
 
 def _drain(fd: int, limit: int = 65536) -> bytes:
@@ -50,13 +51,29 @@ def _drain(fd: int, limit: int = 65536) -> bytes:
     out = b""
     while len(out) < limit:
         try:
-            chunk = os.read(fd, 65536)
+            chunk = posix.read(fd, 65536)
         except (BlockingIOError, OSError):
             break
         if not chunk:
             break
         out += chunk
     return out
+
+
+def _shared_keys(obj: Any) -> Any:
+    """``obj`` with its dicts' keys interned: the JSON parser gives each container its own copies of
+    the same dozen keys, ~1 KiB of the supervisor's memory per container."""
+    if isinstance(obj, dict):
+        return {sys.intern(k): _shared_keys(v) for k, v in obj.items()}
+    return obj
+
+
+def _exists(path: str) -> bool:
+    try:
+        posix.stat(path)
+    except OSError:
+        return False
+    return True
 
 
 def _last_line(data: bytes) -> str:
@@ -69,8 +86,8 @@ class Container:
         self.loop = loop
         self.dir = state_dir
         self.on_done = on_done
-        with open(os.path.join(state_dir, "monitor.json"), "rb") as f:
-            self.cfg: dict[str, Any] = jsonc.loads(f.read())
+        with open(f"{state_dir}/monitor.json", "rb") as f:
+            self.cfg: dict[str, Any] = _shared_keys(jsonc.loads(f.read()))
         self.id: str = self.cfg["id"]
         self.runtime: list[str] = list(self.cfg["runtime"])
         self.log = LogWriter(self.cfg["log_path"], self.cfg.get("log_max_size", 10 * 1024 * 1024),
@@ -97,7 +114,7 @@ class Container:
         self.attach = Server(state_dir, loop, self, self._client_message, self._client_left)
 
     def _path(self, name: str) -> str:
-        return os.path.join(self.dir, name)
+        return f"{self.dir}/{name}"
 
     def fault(self, e: BaseException) -> None:
         """An unexpected error in one of our callbacks: note it beside the state, and give up on
@@ -112,7 +129,7 @@ class Container:
             return
         if self.reply is not None:
             self._fail(str(e) or type(e).__name__)
-        elif not os.path.isdir(self.dir):
+        elif not _exists(self.dir):
             self._done()
 
     # ------------------------------------------------------------------ runtime commands
@@ -122,22 +139,22 @@ class Container:
         """Run ``runtime ARGS``; ``then(status, last line of its errors)`` once it exits."""
         err_r = err_w = None
         if stderr is None:
-            err_r, err_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            err_r, err_w = posix.pipe2(posix.O_NONBLOCK | posix.O_CLOEXEC)
             stderr = err_w
-        null = os.open("/dev/null", os.O_WRONLY | os.O_CLOEXEC)
+        null = posix.open("/dev/null", posix.O_WRONLY | posix.O_CLOEXEC)
         try:
             pid = self.loop.spawn([*self.runtime, *args], stdout=null if stdout is None else stdout,
                                   stderr=stderr, stdin=stdin)
         finally:
-            os.close(null)
+            posix.close(null)
             if err_w is not None:
-                os.close(err_w)
+                posix.close(err_w)
 
         def exited(status: int) -> None:
             text = ""
             if err_r is not None:
                 text = _last_line(_drain(err_r))
-                os.close(err_r)
+                posix.close(err_r)
             then(status, text)
 
         self.loop.watch_child(pid, exited, self)
@@ -153,7 +170,7 @@ class Container:
         self.running = False
         try:
             if reply is not None:  # the engine tells a supervised container by this file
-                write_json(self._path("monitor.pid"), os.getpid())
+                write_json(self._path("monitor.pid"), posix.getpid())
             self._create()
         except Exception as e:
             self._fail(str(e) or type(e).__name__)
@@ -163,12 +180,13 @@ class Container:
         for name in STREAMS:
             path = self._path(name + ".fifo")
             try:
-                os.unlink(path)
+                posix.unlink(path)
             except FileNotFoundError:
                 pass
-            os.mkfifo(path, 0o600)
-        reads = [os.open(self._path(n + ".fifo"), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC) for n in STREAMS]
-        writes = [os.open(self._path(n + ".fifo"), os.O_RDWR | os.O_CLOEXEC) for n in STREAMS]
+            posix.mkfifo(path, 0o600)
+        reads = [posix.open(self._path(n + ".fifo"), posix.O_RDONLY | posix.O_NONBLOCK | posix.O_CLOEXEC)
+                 for n in STREAMS]
+        writes = [posix.open(self._path(n + ".fifo"), posix.O_RDWR | posix.O_CLOEXEC) for n in STREAMS]
         self.streams = dict(zip(reads, STREAMS, strict=True))
         args = ["create", "--bundle", self.cfg["bundle"], "--pid-file", self._path("pid")]
         console = None
@@ -178,8 +196,8 @@ class Container:
             console = Receiver()
             args += ["--console-socket", console.path]
         elif self.cfg.get("stdin"):
-            in_r, self.stdin = os.pipe2(os.O_CLOEXEC)
-            os.set_blocking(self.stdin, False)
+            in_r, self.stdin = posix.pipe2(posix.O_CLOEXEC)
+            posix.set_blocking(self.stdin, False)
         try:
             self._runtime([*args, self.id], lambda status, _: self._created(status, console),
                           stdout=writes[0], stderr=writes[1], stdin=in_r)
@@ -190,7 +208,7 @@ class Container:
         finally:
             for fd in (*writes, in_r):
                 if fd is not None:
-                    os.close(fd)
+                    posix.close(fd)
 
     def _created(self, status: int, console: Any) -> None:
         master = None
@@ -210,7 +228,7 @@ class Container:
         self.loop.watch_child(self.pid, self._init_exited, self)
         if master is not None:
             self.master = master
-            os.set_blocking(master, False)
+            posix.set_blocking(master, False)
             self.streams[master] = "stdout"
             if self.cfg.get("stdin"):
                 self.stdin = master
@@ -282,7 +300,7 @@ class Container:
             raise
 
     def _adopt(self) -> None:
-        write_json(self._path("monitor.pid"), os.getpid())
+        write_json(self._path("monitor.pid"), posix.getpid())
         try:
             with open(self._path("exit.json"), "rb") as f:
                 self.restarts = int(jsonc.loads(f.read()).get("restartCount", 0))
@@ -295,15 +313,15 @@ class Container:
         self.running = True
         for name in STREAMS:
             try:
-                fd = os.open(self._path(name + ".fifo"), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                fd = posix.open(self._path(name + ".fifo"), posix.O_RDONLY | posix.O_NONBLOCK | posix.O_CLOEXEC)
             except OSError:
                 continue
             self.streams[fd] = name
             self._watch(fd)
         try:
-            self.pidfd = os.pidfd_open(self.pid)
+            self.pidfd = posix.pidfd_open(self.pid)
             if not self._ours(self.pid):  # gone, and its pid taken by another process
-                os.close(self.pidfd)
+                posix.close(self.pidfd)
                 self.pidfd = None
         except OSError:  # already gone
             pass
@@ -324,7 +342,7 @@ class Container:
     def _adopted_exit(self) -> None:
         assert self.pidfd is not None
         self.loop.forget(self.pidfd)
-        os.close(self.pidfd)
+        posix.close(self.pidfd)
         self.pidfd = None
         self._init_exited(-1)
 
@@ -339,7 +357,7 @@ class Container:
         if stream is None:
             return
         try:
-            data = os.read(fd, 65536)
+            data = posix.read(fd, 65536)
         except BlockingIOError:
             return
         except OSError:  # a pty master reads EIO once the last slave closes
@@ -361,7 +379,7 @@ class Container:
             self.pending_input = b""
         if fd == self.master:
             self.master = None
-        os.close(fd)
+        posix.close(fd)
 
     def _close_streams(self) -> None:
         for fd in list(self.streams):
@@ -398,7 +416,7 @@ class Container:
         if self.stdin is None:
             return
         try:
-            n = os.write(self.stdin, self.pending_input) if self.pending_input else 0
+            n = posix.write(self.stdin, self.pending_input) if self.pending_input else 0
         except BlockingIOError:
             n = 0
         except OSError:  # the container closed its stdin
@@ -416,7 +434,7 @@ class Container:
         if self.stdin is not None:
             self.loop.remove_writer(self.stdin)
             if self.stdin != self.master:
-                os.close(self.stdin)
+                posix.close(self.stdin)
         self.stdin = None
         self.pending_input = b""
         self.stdin_ended = False
@@ -442,14 +460,14 @@ class Container:
         h = self.cfg["health"]
         begun = timestamp()
         timeout = float(h.get("timeout", 30))
-        out_r, out_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        out_r, out_w = posix.pipe2(posix.O_NONBLOCK | posix.O_CLOEXEC)
         try:
             pid = self.loop.spawn([*self.runtime, "exec", self.id, *h["test"]], stdout=out_w, stderr=out_w)
         except BaseException:
-            os.close(out_r)
+            posix.close(out_r)
             raise
         finally:
-            os.close(out_w)
+            posix.close(out_w)
         output = bytearray()
         state = {"timed_out": False}
 
@@ -458,7 +476,7 @@ class Container:
 
         def expired() -> None:
             try:
-                os.kill(pid, 9)
+                posix.kill(pid, 9)
             except ProcessLookupError:
                 pass
             state["timed_out"] = True
@@ -470,7 +488,7 @@ class Container:
             timer.cancel()
             read()
             self.loop.forget(out_r)
-            os.close(out_r)
+            posix.close(out_r)
             text = output[:4096].decode(errors="replace")
             if state["timed_out"]:
                 code, text = -1, f"health check exceeded timeout ({timeout:g}s)"
@@ -526,8 +544,12 @@ class Container:
         self._close_streams()
         self.log.flush()
         self.run_id += 1
-        oom = self.oom_killed()
-        self._runtime(["delete", "--force", self.id], lambda *_: self._deleted(code, oom))
+
+        def checked(status: int) -> None:  # before the runtime's delete removes the cgroup
+            oom = status == 1
+            self._runtime(["delete", "--force", self.id], lambda *_: self._deleted(code, oom))
+
+        self.loop.fork(self.oom_killed, checked, self)
 
     def _deleted(self, code: int, oom: bool) -> None:
         info: dict[str, Any] = {"exitCode": code, "finishedAt": timestamp(), "oomKilled": oom,
@@ -535,9 +557,15 @@ class Container:
         if code == -1:
             info["error"] = UNKNOWN
         owner_heard = self._exited(info)
-        if oom:
-            self._event("oom")
-        self._event("die", exitCode=str(code))
+        ev = self.cfg.get("events")
+        if ev:  # recorded before anything else is done with the container, as in one process
+            self.loop.fork(lambda: self._record_events(ev, code, oom), lambda _: self._decide(code, owner_heard),
+                           self)
+        else:
+            self._decide(code, owner_heard)
+
+    def _decide(self, code: int, owner_heard: bool) -> None:
+        """Restart, or be done with the container."""
         if not self.should_restart(code):
             self._done()
             if not owner_heard:
@@ -548,31 +576,39 @@ class Container:
         self.loop.call_later(self.delay, self._restart, self)
 
     def _restart(self) -> None:
-        if os.path.exists(self._path("stopped")) or not os.path.isdir(self.dir):  # stopped or removed meanwhile
+        if _exists(self._path("stopped")) or not _exists(self.dir):  # stopped or removed meanwhile
             self._done()
         else:
             self.start(None)
 
-    def _event(self, action: str, **attributes: str) -> None:
-        ev = self.cfg.get("events")
-        if ev:
-            from berth import events
+    def _record_events(self, ev: dict[str, str], code: int, oom: bool) -> int:
+        """Record the exit as ``berth events`` shows it (in a forked child: ``berth.events`` and
+        what it imports stay out of the supervisor)."""
+        from berth import events
 
+        def record(action: str, **attributes: str) -> None:
             events.record(ev["path"], "container", action, self.id, name=ev.get("name", ""),
                           image=ev.get("image", ""), **attributes)
 
-    def oom_killed(self) -> bool:
+        if oom:
+            record("oom")
+        record("die", exitCode=str(code))
+        return 0
+
+    def oom_killed(self) -> int:
+        """1 when the kernel OOM-killed a process of the container, else 0: an exit status, as this
+        runs in a forked child (``berth.kernel.cgroups`` is far bigger than the supervisor)."""
         try:
             from berth.kernel.cgroups import open_cgroup
 
-            return open_cgroup(self.cfg.get("cgroup") or None, self.id).oom_kill_count() > 0
+            return int(open_cgroup(self.cfg.get("cgroup") or None, self.id).oom_kill_count() > 0)
         except Exception:
-            return False
+            return 0
 
     def should_restart(self, code: int) -> bool:
         policy = self.cfg.get("restart") or {}
         name = policy.get("name", "no")
-        if os.path.exists(self._path("stopped")):  # the engine stopped it on purpose
+        if _exists(self._path("stopped")):  # the engine stopped it on purpose
             return False
         if name in ("always", "unless-stopped"):
             return True
@@ -591,15 +627,15 @@ class Container:
         it may wait for this container to be done."""
         argv = self.cfg.get("exit_command")
         if argv:
-            null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+            null = posix.open("/dev/null", posix.O_RDWR | posix.O_CLOEXEC)
             # Its errors stay beside the container's state (which a successful ``rm`` removes).
-            err = os.open(self._path("exit-command.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                          0o600)
+            err = posix.open(self._path("exit-command.log"),
+                             posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC | posix.O_CLOEXEC, 0o600)
             try:
                 self.loop.spawn(argv, stdout=null, stderr=err, stdin=null, setsid=True)
             finally:
-                os.close(null)
-                os.close(err)
+                posix.close(null)
+                posix.close(err)
 
     def _done(self) -> None:
         """Done for good: without ``monitor.pid`` the engine reads ``exit.json`` as the final word."""
@@ -612,13 +648,13 @@ class Container:
                 timer.cancel()
         try:
             try:
-                os.unlink(self._path("monitor.pid"))
+                posix.unlink(self._path("monitor.pid"))
             except FileNotFoundError:
                 pass
             self._close_streams()
             if self.pidfd is not None:
                 self.loop.forget(self.pidfd)
-                os.close(self.pidfd)
+                posix.close(self.pidfd)
                 self.pidfd = None
             self.attach.close()
             self.log.close()

@@ -8,7 +8,7 @@ the stream ends. Rotation renames ``x.log`` to ``x.log.1`` (shifting older ones 
 
 from __future__ import annotations
 
-import os
+import posix  # not os: this module runs in the supervisor too (see berth.monitor.loop)
 import time
 
 from berth.oci import jsonc
@@ -31,8 +31,8 @@ class LogWriter:
         self.path = path
         self.max_size = max_size
         self.max_files = max(1, max_files)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        self._size = os.fstat(self._fd).st_size
+        self._fd = posix.open(path, posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_CLOEXEC, 0o640)
+        self._size = posix.fstat(self._fd).st_size
         self._pending: dict[str, bytes] = {}
 
     def feed(self, stream: str, data: bytes) -> None:
@@ -60,24 +60,25 @@ class LogWriter:
         raw = (line + "\n").encode()
         if self.max_size > 0 and self._size and self._size + len(raw) > self.max_size:
             self._rotate()
-        os.write(self._fd, raw)
+        posix.write(self._fd, raw)
         self._size += len(raw)
 
     def _rotate(self) -> None:
-        os.close(self._fd)
+        posix.close(self._fd)
         if self.max_files == 1:
-            os.truncate(self.path, 0)
+            posix.truncate(self.path, 0)
         else:
             for i in range(self.max_files - 1, 0, -1):
-                src = self.path if i == 1 else f"{self.path}.{i - 1}"
-                if os.path.exists(src):
-                    os.replace(src, f"{self.path}.{i}")
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+                try:
+                    posix.replace(self.path if i == 1 else f"{self.path}.{i - 1}", f"{self.path}.{i}")
+                except FileNotFoundError:
+                    pass
+        self._fd = posix.open(self.path, posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_CLOEXEC, 0o640)
         self._size = 0
 
     def close(self) -> None:
         self.flush()
-        os.close(self._fd)
+        posix.close(self._fd)
 
 
 def read_entries(path: str, max_files: int = 3) -> list[dict[str, str]]:
@@ -104,14 +105,14 @@ def follow(path: str, stop: Callable[[], bool] | None = None, poll: float = 0.1)
     while True:
         if fd is None:
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                ino = os.fstat(fd).st_ino
+                fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
+                ino = posix.fstat(fd).st_ino
             except FileNotFoundError:
                 if stop is not None and stop():
                     return
                 time.sleep(poll)
                 continue
-        chunk = os.read(fd, 65536)
+        chunk = posix.read(fd, 65536)
         if chunk:
             buf += chunk
             *lines, buf = buf.split(b"\n")
@@ -120,14 +121,14 @@ def follow(path: str, stop: Callable[[], bool] | None = None, poll: float = 0.1)
                     yield jsonc.loads(line)
             continue
         try:
-            rotated = os.stat(path).st_ino != ino
+            rotated = posix.stat(path).st_ino != ino
         except FileNotFoundError:
             rotated = True
         if rotated:
-            os.close(fd)
+            posix.close(fd)
             fd = None
             continue
         if stop is not None and stop():
-            os.close(fd)
+            posix.close(fd)
             return
         time.sleep(poll)

@@ -14,7 +14,7 @@ quickly, and a remembered status could be taken for a later process's.
 from __future__ import annotations
 
 import _signal
-import os
+import posix  # not os: it costs the supervisor ~180 KiB (its environ mapping pulls in collections.abc)
 import select
 import time
 from _heapq import heappop, heappush  # not heapq: its Python half costs memory for nothing used here
@@ -43,7 +43,7 @@ class Timer:
 
 
 def _exit_code(raw: int) -> int:
-    code = os.waitstatus_to_exitcode(raw)
+    code = posix.waitstatus_to_exitcode(raw)
     return 128 - code if code < 0 else code
 
 
@@ -57,7 +57,7 @@ class Loop:
         self._timers: list[Timer] = []
         self._seq = 0
         self._children: dict[int, tuple[Callable[[int], None], Any]] = {}
-        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        wake_r, wake_w = posix.pipe2(posix.O_NONBLOCK | posix.O_CLOEXEC)
         _signal.set_wakeup_fd(wake_w)
         _signal.signal(_signal.SIGCHLD, lambda *_: None)  # the C handler writes to the wakeup pipe
         self._wake_w = wake_w
@@ -105,7 +105,7 @@ class Loop:
         with -1 for a status reaped before it was watched."""
         self._children[pid] = (fn, owner)
         try:
-            got, raw = os.waitpid(pid, os.WNOHANG)
+            got, raw = posix.waitpid(pid, posix.WNOHANG)
         except ChildProcessError:
             got, raw = pid, -1
         if got == pid:
@@ -118,14 +118,31 @@ class Loop:
 
     def spawn(self, argv: list[str], *, stdout: int, stderr: int, stdin: int | None = None,
               setsid: bool = False) -> int:
-        first = (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0) if stdin is None else \
-            (os.POSIX_SPAWN_DUP2, stdin, 0)
-        return os.posix_spawn(argv[0], argv, os.environ, setsid=setsid, file_actions=[
-            first, (os.POSIX_SPAWN_DUP2, stdout, 1), (os.POSIX_SPAWN_DUP2, stderr, 2)])
+        first = (posix.POSIX_SPAWN_OPEN, 0, "/dev/null", posix.O_RDONLY, 0) if stdin is None else \
+            (posix.POSIX_SPAWN_DUP2, stdin, 0)
+        return posix.posix_spawn(argv[0], argv, posix.environ, setsid=setsid, file_actions=[
+            first, (posix.POSIX_SPAWN_DUP2, stdout, 1), (posix.POSIX_SPAWN_DUP2, stderr, 2)])
+
+    def fork(self, fn: Callable[[], int], then: Callable[[int], None], owner: Any = None) -> None:
+        """Run ``fn`` in a forked child and call ``then(its return value)`` once it exits (255 when
+        it raised): for work that needs modules this long-lived process must never load (its memory
+        is every container's), done by a copy that leaves as soon as it is done."""
+        try:
+            pid = posix.fork()
+        except OSError:  # out of processes: as if it had failed
+            self.call_later(0, lambda: then(255), owner)
+            return
+        if pid == 0:
+            code = 255
+            try:
+                code = fn()
+            finally:
+                posix._exit(code)
+        self.watch_child(pid, then, owner)
 
     def _wake(self, wake_r: int) -> None:
         try:
-            while os.read(wake_r, 512):
+            while posix.read(wake_r, 512):
                 pass
         except BlockingIOError:
             pass
@@ -134,7 +151,7 @@ class Loop:
     def _reap(self) -> None:
         while True:
             try:
-                pid, raw = os.waitpid(-1, os.WNOHANG)
+                pid, raw = posix.waitpid(-1, posix.WNOHANG)
             except ChildProcessError:
                 break
             if pid == 0:

@@ -43,11 +43,10 @@ status, as that client does the removal).
 from __future__ import annotations
 
 import _signal
-import os
+import posix  # not os, whose import costs the supervisor ~180 KiB (see berth.monitor.loop)
 import sys
 
-from berth.monitor import attach
-from berth.monitor.client import LOCK, SOCKET
+from berth.monitor import LOCK, SOCKET, sockets
 from berth.monitor.container import Container
 from berth.monitor.loop import Loop
 
@@ -60,6 +59,7 @@ if TYPE_CHECKING:
 
 LINGER = 1.0  # seconds without containers before leaving
 PR_SET_CHILD_SUBREAPER = 36
+SUBREAPER = b"BERTH_MONITOR_SUBREAPER"  # set once the process is a subreaper
 
 
 class Supervisor:
@@ -68,7 +68,7 @@ class Supervisor:
         self.loop = Loop(self._error)
         self.containers: dict[str, Container] = {}
         self.conns: dict[int, _socket.socket] = {}
-        self.listener: _socket.socket | None = attach.listen(runroot, SOCKET)
+        self.listener: _socket.socket | None = sockets.listen(runroot, SOCKET)
         self.listener.setblocking(False)
         self.loop.add_reader(self.listener.fileno(), self._accept)
         self.idle: Timer | None = None
@@ -78,8 +78,8 @@ class Supervisor:
         """An error in the supervisor's own work: noted, and the loop goes on."""
         from berth.monitor.logfile import timestamp
 
-        with open(os.path.join(self.runroot, "monitor.err"), "a") as f:
-            f.write(f"{timestamp()} {os.getpid()} {type(e).__name__}: {e}\n")
+        with open(f"{self.runroot}/monitor.err", "a") as f:
+            f.write(f"{timestamp()} {posix.getpid()} {type(e).__name__}: {e}\n")
 
     def run(self) -> None:
         self._check_idle()
@@ -90,7 +90,7 @@ class Supervisor:
 
     def _accept(self) -> None:
         assert self.listener is not None
-        while (conn := attach.accept(self.listener)) is not None:
+        while (conn := sockets.accept(self.listener)) is not None:
             self._watch(conn)
 
     def _watch(self, conn: _socket.socket) -> None:
@@ -164,7 +164,7 @@ class Supervisor:
         if self.listener is not None:
             import fcntl
 
-            lock = os.open(os.path.join(self.runroot, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            lock = posix.open(f"{self.runroot}/{LOCK}", posix.O_RDWR | posix.O_CREAT | posix.O_CLOEXEC, 0o600)
             try:
                 try:
                     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -172,7 +172,7 @@ class Supervisor:
                     self.idle = self.loop.call_later(0.2, self._leave)
                     return
                 try:
-                    os.unlink(os.path.join(self.runroot, SOCKET))
+                    posix.unlink(f"{self.runroot}/{SOCKET}")
                 except FileNotFoundError:
                     pass
                 self._accept()
@@ -180,7 +180,7 @@ class Supervisor:
                 self.listener.close()
                 self.listener = None
             finally:
-                os.close(lock)
+                posix.close(lock)
         if not self.conns:
             self.finished = True
 
@@ -190,27 +190,28 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         sys.stderr.write("usage: berth-monitor RUNROOT\n")
         return 2
-    if os.environ.get("BERTH_MONITOR_SUBREAPER") != "1":
+    if posix.environ.get(SUBREAPER) != b"1":
         # Being a subreaper (the containers' inits become our children) takes prctl, which takes
         # ctypes: set it, then exec ourselves afresh so the long-lived process never loads ctypes
         # (the attribute survives execve).
         from berth.kernel.syscalls import prctl
 
         prctl(PR_SET_CHILD_SUBREAPER, 1)
-        os.environ["BERTH_MONITOR_SUBREAPER"] = "1"
-        os.execv(sys.argv[0], [sys.argv[0], *args])
-    del os.environ["BERTH_MONITOR_SUBREAPER"]
-    sync = int(os.environ.pop("BERTH_SYNC_FD", "-1"))
+        posix.execve(sys.argv[0], [sys.argv[0], *args], {**posix.environ, SUBREAPER: b"1"})
+    # What the supervisor's children get (Loop.spawn passes posix.environ): not our own settings.
+    del posix.environ[SUBREAPER]
+    sync = int(posix.environ.pop(b"BERTH_SYNC_FD", b"-1"))
     # Whatever else the starting process let us inherit (a caller's pipes) must not be held open
     # for as long as we supervise.
     if sync > 3:
-        os.closerange(3, sync)
-    os.closerange(max(3, sync + 1), 1 << 20)
+        posix.closerange(3, sync)
+    posix.closerange(max(3, sync + 1), 1 << 20)
     _signal.signal(_signal.SIGPIPE, _signal.SIG_IGN)
-    supervisor = Supervisor(os.path.abspath(args[0]))
+    runroot = args[0] if args[0].startswith("/") else f"{posix.getcwd()}/{args[0]}"
+    supervisor = Supervisor(runroot)
     if sync >= 0:
-        os.write(sync, b"ready\n")
-        os.close(sync)
+        posix.write(sync, b"ready\n")
+        posix.close(sync)
     import gc
 
     gc.collect()
