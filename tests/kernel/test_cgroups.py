@@ -34,7 +34,8 @@ from berth.kernel.cgroups._common import (
     shares_to_weight,
     swap_to_v2,
 )
-from berth.kernel.cgroups.v1 import V1Cgroup, _blkio_entries
+from berth.kernel.cgroups._stats import _blkio_entries
+from berth.kernel.cgroups.v1 import V1Cgroup
 from berth.kernel.cgroups.v2 import V2Cgroup
 
 MiB = 1 << 20
@@ -1211,3 +1212,131 @@ class TestV2:
         os.mkdir(os.path.join(v2.dir, "a", "b"))
         v2.destroy()
         assert not os.path.exists(v2.dir)
+
+
+# ================================================================================ root: the cheap paths
+
+
+def _remove_tops(cg: cgroups.Cgroup, levels: int) -> None:
+    """Remove the test's top-level directory ``levels`` above the leaf in each hierarchy (never
+    more: a hierarchy's root would be walked and its empty cgroups removed)."""
+    cg.destroy()
+    for leaf in cg.paths.values():
+        top = leaf
+        for _ in range(levels):
+            top = os.path.dirname(top)
+        assert os.path.basename(top).startswith("berth-test-"), top
+        remove_tree(top)
+
+
+@pytest.mark.root
+class TestCheapPaths:
+    """What makes a container's cgroup cheap to make and remove must not change what it is."""
+
+    def test_create_says_whether_it_made_the_cgroup(self, make_cgroup: Callable[..., cgroups.Cgroup]) -> None:
+        cg = make_cgroup()
+        assert cg.create() is True
+        assert cg.create() is False  # it exists: a caller must look for processes in it
+        if cgroups.layout() == "hybrid":
+            os.rmdir(cg.paths["pids"])  # partly there still counts as existing
+            assert cg.create() is False
+            assert os.path.isdir(cg.paths["pids"])
+
+    def test_nested_cpuset_parents_clone_their_values(self, make_cgroup: Callable[..., cgroups.Cgroup]) -> None:
+        """Parents made by create() get cgroup.clone_children, so the kernel fills later siblings;
+        the first leaf is filled by create() itself."""
+        top = f"/berth-test-{uuid.uuid4().hex[:10]}"
+        first = make_cgroup(path=f"{top}/a/b")
+        d = _need_v1_controller(first, "cpuset")
+        root = os.path.dirname(os.path.dirname(os.path.dirname(d)))
+        try:
+            first.create()
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                assert _read(os.path.join(d, name)) == _read(os.path.join(root, name)) != ""
+            assert _read(os.path.join(os.path.dirname(d), "cgroup.clone_children")) == "1"
+            assert _read(os.path.join(root, top.lstrip("/"), "cgroup.clone_children")) == "1"
+            sibling = make_cgroup(path=f"{top}/a/c")  # the fixture removes it, before its parents
+            sibling.create()
+            cloned = _read(os.path.join(sibling.paths["cpuset"], "cpuset.cpus"))
+            assert cloned == _read(os.path.join(root, "cpuset.cpus"))
+        finally:
+            _remove_tops(first, 2)
+
+    def test_empty_cpuset_parent_made_by_others_is_filled_not_flagged(
+        self, make_cgroup: Callable[..., cgroups.Cgroup]
+    ) -> None:
+        top = f"/berth-test-{uuid.uuid4().hex[:10]}"
+        cg = make_cgroup(path=f"{top}/leaf")
+        d = _need_v1_controller(cg, "cpuset")
+        parent = os.path.dirname(d)
+        os.mkdir(parent)  # someone else's, empty: v1 leaves cpus and mems empty
+        try:
+            assert _read(os.path.join(parent, "cpuset.cpus")) == ""
+            cg.create()
+            root = os.path.dirname(parent)
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                assert (
+                    _read(os.path.join(d, name)) == _read(os.path.join(parent, name)) == _read(os.path.join(root, name))
+                )
+            assert _read(os.path.join(parent, "cgroup.clone_children")) == "0"
+        finally:
+            _remove_tops(cg, 1)
+
+    def test_devices_in_runs_keep_their_order(self, make_cgroup: Callable[..., cgroups.Cgroup]) -> None:
+        """Consecutive allow (or deny) rules share one open file; the order still decides."""
+        cg = make_cgroup()
+        d = _need_v1_controller(cg, "devices")
+        cg.create()
+        allow = {"allow": True, "type": "c", "major": 1, "access": "rwm"}
+        cg.apply(
+            {
+                "devices": [
+                    {"allow": False, "access": "rwm"},
+                    {"allow": False, "access": "rwm"},
+                    {**allow, "minor": 3},
+                    {**allow, "minor": 5},
+                    {**allow, "minor": 7},
+                    {"allow": False, "type": "c", "major": 1, "minor": 5, "access": "w"},
+                    {"allow": False, "type": "c", "major": 1, "minor": 7, "access": "rwm"},
+                    {**allow, "minor": 7, "access": "r"},
+                ]
+            }
+        )
+        assert _read(os.path.join(d, "devices.list")).splitlines() == ["c 1:3 rwm", "c 1:5 rm", "c 1:7 r"]
+
+    def test_destroy_and_pids_see_nested_cgroups(
+        self, make_cgroup: Callable[..., cgroups.Cgroup], procs: Procs
+    ) -> None:
+        cg = make_cgroup()
+        cg.create()
+        nested = os.path.join(_all_dirs(cg)[0], "inner")
+        os.mkdir(nested)
+        p = subprocess.Popen(["sleep", "60"])
+        procs.all.append(p)
+        with open(os.path.join(nested, "cgroup.procs"), "w") as f:
+            f.write(str(p.pid))
+        assert p.pid in cg.pids()
+        cg.kill_all()
+        assert p.wait(timeout=10) == -9
+        cg.destroy()  # retries while the killed process leaves, then removes inner first
+        assert not os.path.exists(nested) and not cg.exists()
+
+    def test_files_are_read_to_the_end(self, tmp_path: Path) -> None:
+        """A seq_file returns about a page per read(2); a regular file may exceed the buffer."""
+        from berth.kernel.cgroups._common import read_bytes, read_text
+
+        big = tmp_path / "big"
+        big.write_bytes(b"0123456789abcdef" * 10000)
+        assert read_text(str(big)) == big.read_text()
+        with open("/proc/self/mountinfo", "rb") as f:
+            assert read_bytes("/proc/self/mountinfo") == f.read()
+
+    def test_v2_create_enables_controllers_once(self, make_cgroup: Callable[..., cgroups.Cgroup]) -> None:
+        if cgroups.hierarchies().v2 is None:
+            pytest.skip("cgroup2 is not mounted on this host")
+        cg = make_cgroup(version=2)
+        assert isinstance(cg, V2Cgroup)
+        cg.create()
+        top = _read(os.path.join(cg.mountpoint, "cgroup.controllers")).split()
+        mine = _read(os.path.join(cg.dir, "cgroup.controllers")).split()
+        assert set(top) <= set(mine) or not top, "an ancestor refused a controller"

@@ -546,7 +546,7 @@ def test_device_cgroup(rt: RT, make_bundle: Any) -> None:
         pytest.skip("no loop-control on this host")
 
     def denied(spec: dict[str, Any]) -> None:
-        # Bound from the host, not listed in linux.devices (whose nodes runc and berth allow).
+        # Bound from the host: only the resources.devices rules decide its access (as with runc).
         add_mount(spec, destination="/dev/loop-control", type="bind", source="/dev/loop-control",
                   options=["bind"])
 

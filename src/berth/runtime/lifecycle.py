@@ -27,17 +27,18 @@ if TYPE_CHECKING:
     from typing import Any
 
 # Devices every container may use whatever its device cgroup rules say (they are created in /dev
-# by the runtime itself), as runc allows them.
+# by the runtime itself), as runc allows them; a node the config lists at one of these paths takes
+# the default's place, its access then decided by the config's rules alone (runc does the same).
 DEFAULT_ALLOWED_DEVICES = [
-    {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
-    {"allow": True, "type": "c", "major": 1, "minor": 5, "access": "rwm"},
-    {"allow": True, "type": "c", "major": 1, "minor": 7, "access": "rwm"},
-    {"allow": True, "type": "c", "major": 1, "minor": 8, "access": "rwm"},
-    {"allow": True, "type": "c", "major": 1, "minor": 9, "access": "rwm"},
-    {"allow": True, "type": "c", "major": 5, "minor": 0, "access": "rwm"},
-    {"allow": True, "type": "c", "major": 5, "minor": 1, "access": "rwm"},
-    {"allow": True, "type": "c", "major": 5, "minor": 2, "access": "rwm"},
-    {"allow": True, "type": "c", "major": 136, "access": "rwm"},
+    ("/dev/null", {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"}),
+    ("/dev/zero", {"allow": True, "type": "c", "major": 1, "minor": 5, "access": "rwm"}),
+    ("/dev/full", {"allow": True, "type": "c", "major": 1, "minor": 7, "access": "rwm"}),
+    ("/dev/random", {"allow": True, "type": "c", "major": 1, "minor": 8, "access": "rwm"}),
+    ("/dev/urandom", {"allow": True, "type": "c", "major": 1, "minor": 9, "access": "rwm"}),
+    ("/dev/tty", {"allow": True, "type": "c", "major": 5, "minor": 0, "access": "rwm"}),
+    ("", {"allow": True, "type": "c", "major": 5, "minor": 1, "access": "rwm"}),
+    ("", {"allow": True, "type": "c", "major": 5, "minor": 2, "access": "rwm"}),
+    ("", {"allow": True, "type": "c", "major": 136, "access": "rwm"}),
 ]
 
 
@@ -48,14 +49,16 @@ def _resources(spec: dict[str, Any]) -> dict[str, Any]:
         # and a container with CAP_MKNOD could read and write the host's disks.
         resources["devices"] = []
     if "devices" in resources:
-        # The nodes the config asks the runtime to create are usable, as with runc: without the
-        # rule even their mknod would be refused by the device cgroup the init already sits in.
-        listed = [{"allow": True, "type": "c" if d["type"] == "u" else d["type"], "major": d.get("major", 0),
-                   "minor": d.get("minor", 0), "access": "rwm"}
-                  for d in spec.get("linux", {}).get("devices") or [] if d.get("type") in ("c", "u", "b")]
+        nodes = [d for d in spec.get("linux", {}).get("devices") or [] if d.get("type") in ("c", "u", "b")]
+        paths = {d.get("path") for d in nodes}
+        defaults = [rule for path, rule in DEFAULT_ALLOWED_DEVICES if path not in paths]
+        # The nodes the config asks the runtime to create may be created ("m"): the init makes them
+        # inside the device cgroup it already sits in. Reading and writing them is for the config's
+        # rules to allow, as with runc: "--device HOST:CONTAINER:r" must stay read-only.
+        mknod = [{"allow": True, "type": "c" if d["type"] == "u" else d["type"], "major": d.get("major", 0),
+                  "minor": d.get("minor", 0), "access": "m"} for d in nodes]
         # Rules apply on top of "deny all" (an empty or allow-only list must not mean "allow all").
-        resources["devices"] = [{"allow": False, "access": "rwm"}, *resources["devices"],
-                                *DEFAULT_ALLOWED_DEVICES, *listed]
+        resources["devices"] = [{"allow": False, "access": "rwm"}, *resources["devices"], *defaults, *mknod]
     return resources
 
 
@@ -222,13 +225,13 @@ def _make_cgroup(spec: dict[str, Any], cid: str, made: list[Any]) -> Any:
     from berth.kernel.cgroups import open_cgroup
 
     cgroup = open_cgroup(spec.get("linux", {}).get("cgroupsPath") or None, cid)
-    busy = cgroup.pids()
-    if busy:
-        # Another container's (or a parent of them): changing its limits, or killing and
-        # removing it when this create fails, would hurt what is already running there.
-        raise Conflict(f"linux.cgroupsPath: cgroup {cgroup.path} is not empty "
-                       f"({len(busy)} process{'es' if len(busy) > 1 else ''} in it)")
-    cgroup.create()
+    if not cgroup.create():  # it existed: a cgroup made just now is empty, no need to look
+        busy = cgroup.pids()
+        if busy:
+            # Another container's (or a parent of them): changing its limits, or killing and
+            # removing it when this create fails, would hurt what is already running there.
+            raise Conflict(f"linux.cgroupsPath: cgroup {cgroup.path} is not empty "
+                           f"({len(busy)} process{'es' if len(busy) > 1 else ''} in it)")
     made.append(cgroup)
     cgroup.apply(_resources(spec))
     return cgroup
@@ -481,11 +484,15 @@ def delete(root: str, cid: str, force: bool = False) -> None:
             if cgroup is not None and status == "paused":
                 cgroup.thaw()
             _kill_and_wait(record.pid)
+        # As runc: processes outlive a stopped init only in a pid namespace it did not own (the
+        # kernel kills the rest of its own before the init is gone), so only then look for them.
+        own_pidns = record is not None and runtime_config.namespaces(record.config).get("pid") == ""
         if cgroup is not None:
-            try:
-                cgroup.kill_all(signal.SIGKILL)
-            except Exception:
-                pass
+            if status != "stopped" or not own_pidns:
+                try:
+                    cgroup.kill_all(signal.SIGKILL)
+                except Exception:
+                    pass
             cgroup.destroy()
         _remove_state_dir(sd.path)
     finally:

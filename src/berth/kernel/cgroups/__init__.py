@@ -38,7 +38,7 @@ from __future__ import annotations
 import os
 
 from berth.errors import InvalidArgument, Unsupported
-from berth.kernel.cgroups._common import SIGKILL, Cgroup, enter_files, validate_resources
+from berth.kernel.cgroups._common import SIGKILL, Cgroup, enter_files, read_bytes, validate_resources
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -155,23 +155,22 @@ def hierarchies(refresh: bool = False) -> Hierarchies:
     """The host's cgroup mounts (cached for the process; ``refresh`` re-reads them)."""
     global _cached
     if _cached is None or refresh:
-        with open("/proc/self/mountinfo") as f:
-            mountinfo = f.read()
-        try:
-            with open("/proc/self/cgroup") as f:
-                proc_cgroup = f.read()
-        except FileNotFoundError:
-            proc_cgroup = ""
-        known: set[str] = set()
-        try:
-            with open("/proc/cgroups") as f:
-                for line in f:
-                    if not line.startswith("#") and line.split():
-                        known.add(line.split()[0])
-        except FileNotFoundError:
-            pass
+        mountinfo = os.fsdecode(read_bytes("/proc/self/mountinfo"))
+        proc_cgroup = os.fsdecode(_read_if_any("/proc/self/cgroup"))
+        known = {
+            line.split()[0]
+            for line in os.fsdecode(_read_if_any("/proc/cgroups")).splitlines()
+            if line.strip() and not line.startswith("#")
+        }
         _cached = Hierarchies(mountinfo, proc_cgroup, known)
     return _cached
+
+
+def _read_if_any(path: str) -> bytes:
+    try:
+        return read_bytes(path)
+    except FileNotFoundError:
+        return b""
 
 
 def layout() -> str:

@@ -34,16 +34,13 @@ import os
 from berth.errors import BerthError, InvalidArgument, NotFound, PermissionDenied, Unsupported
 from berth.kernel.cgroups._common import (
     FIELD,
-    MAX_UINT64,
     SIGKILL,
     Cgroup,
     cgroup_procs,
     device_line,
-    empty_stats,
     enter_files,
     hugepage_sizes,
     make_dirs,
-    parse_id_list,
     parse_keyed,
     parse_uint,
     rdma_line,
@@ -65,17 +62,6 @@ if TYPE_CHECKING:
     from berth.kernel.cgroups.v2 import V2Cgroup
 
 FREEZE_TIMEOUT = 5.0
-
-_BLKIO_TABLES = (
-    ("io_service_bytes_recursive", "ioServiceBytesRecursive"),
-    ("io_serviced_recursive", "ioServicedRecursive"),
-    ("io_queued_recursive", "ioQueueRecursive"),
-    ("io_service_time_recursive", "ioServiceTimeRecursive"),
-    ("io_wait_time_recursive", "ioWaitTimeRecursive"),
-    ("io_merged_recursive", "ioMergedRecursive"),
-    ("time_recursive", "ioTimeRecursive"),
-    ("sectors_recursive", "sectorsRecursive"),
-)
 
 
 class V1Cgroup(Cgroup):
@@ -121,20 +107,24 @@ class V1Cgroup(Cgroup):
             return True
         return self.unified is not None and self.unified.exists()
 
-    def create(self) -> None:
+    def create(self) -> bool:
         """mkdir -p in every hierarchy; new cpuset cgroups get their parent's cpus and mems (v1
         leaves them empty, and an empty cpuset cannot hold a process). On a hybrid host whose
-        cgroup2 hierarchy refuses us (read-only), the cgroup goes on without its cgroup2 half."""
+        cgroup2 hierarchy refuses us (read-only), the cgroup goes on without its cgroup2 half.
+        True when every directory of the cgroup was made here: it then holds no process."""
         cpuset = self.dirs.get("cpuset")
+        fresh = True
         for d in self._unique_dirs():
-            make_dirs(d)
+            created = make_dirs(d)
+            fresh = fresh and bool(created)
             if d == cpuset:
-                _fill_cpuset(d)
+                _fill_cpuset(created or [d])
         if self.unified is not None:
             try:
-                self.unified.create()
+                fresh = self.unified.create() and fresh
             except PermissionDenied:
                 self.unified = None  # e.g. a read-only cgroup2 mount in a container: v1 alone
+        return fresh
 
     def destroy(self) -> None:
         for d in self._unique_dirs():
@@ -159,9 +149,7 @@ class V1Cgroup(Cgroup):
         processes of the container already in it.
         """
         files = [os.path.join(d, "tasks") for d in self._unique_dirs()]
-        if self.unified is not None and (
-            "freezer" not in self.dirs or self._unified_used or self.unified.pids()
-        ):
+        if self.unified is not None and ("freezer" not in self.dirs or self._unified_used or self.unified.pids()):
             files += self.unified.entry_files()
         return files
 
@@ -295,9 +283,19 @@ class V1Cgroup(Cgroup):
             self.unified.apply_devices(rules)  # hybrid host without the v1 devices controller
             return
         d = self._need("devices", f"{FIELD}.devices")
-        for i, rule in enumerate(rules):
-            name = "devices.allow" if rule["allow"] else "devices.deny"
-            write(os.path.join(d, name), device_line(rule), f"{FIELD}.devices[{i}]")
+        # In order, each consecutive run of allow (or deny) rules through one open file.
+        start = 0
+        while start < len(rules):
+            end = start + 1
+            while end < len(rules) and rules[end]["allow"] == rules[start]["allow"]:
+                end += 1
+            name = "devices.allow" if rules[start]["allow"] else "devices.deny"
+            write_lines(
+                os.path.join(d, name),
+                [device_line(rule) for rule in rules[start:end]],
+                [f"{FIELD}.devices[{i}]" for i in range(start, end)],
+            )
+            start = end
 
     def _apply_memory(self, m: dict[str, Any]) -> None:
         f = f"{FIELD}.memory"
@@ -450,176 +448,56 @@ class V1Cgroup(Cgroup):
 
     # ---------------------------------------------------------------- statistics
 
+    def stats(self) -> dict[str, Any]:
+        if not self.exists():
+            raise NotFound(f"cgroup {self.path} does not exist")
+        from berth.kernel.cgroups._stats import v1_stats
+
+        return v1_stats(self)
+
     def oom_kill_count(self) -> int:
         d = self.dirs.get("memory")
         if d is None:
             return self.unified.oom_kill_count() if self.unified is not None else 0
         return parse_keyed(read_optional(os.path.join(d, "memory.oom_control"))).get("oom_kill", 0)
 
-    def stats(self) -> dict[str, Any]:
-        if not self.exists():
-            raise NotFound(f"cgroup {self.path} does not exist")
-        out = empty_stats()
-        self._cpu_stats(out)
-        self._cpuset_stats(out)
-        self._memory_stats(out)
-        self._pids_stats(out)
-        self._blkio_stats(out)
-        self._hugetlb_stats(out)
-        return out
 
-    def _cpu_stats(self, out: dict[str, Any]) -> None:
-        usage = out["cpu"]["usage"]
-        acct = self.dirs.get("cpuacct")
-        if acct is not None:
-            d = acct
-
-            def numbers(name: str) -> list[int]:
-                return [int(x) for x in (read_optional(os.path.join(acct, name)) or "").split()]
-
-            usage["total"] = parse_uint(read_optional(os.path.join(d, "cpuacct.usage")))
-            usage["percpu"] = numbers("cpuacct.usage_percpu")
-            usage["percpu_user"] = numbers("cpuacct.usage_percpu_user")
-            usage["percpu_kernel"] = numbers("cpuacct.usage_percpu_sys")
-            user = read_optional(os.path.join(d, "cpuacct.usage_user"))
-            system = read_optional(os.path.join(d, "cpuacct.usage_sys"))
-            if user is not None and system is not None:
-                usage["user"], usage["kernel"] = parse_uint(user), parse_uint(system)
-            else:  # older kernels: clock ticks in cpuacct.stat
-                ticks = parse_keyed(read_optional(os.path.join(d, "cpuacct.stat")))
-                hz = os.sysconf("SC_CLK_TCK") or 100
-                usage["user"] = ticks.get("user", 0) * 1_000_000_000 // hz
-                usage["kernel"] = ticks.get("system", 0) * 1_000_000_000 // hz
-        cpu = self.dirs.get("cpu")
-        if cpu is not None:
-            stat = parse_keyed(read_optional(os.path.join(cpu, "cpu.stat")))
-            throttling = out["cpu"]["throttling"]
-            throttling["periods"] = stat.get("nr_periods", 0)
-            throttling["throttledPeriods"] = stat.get("nr_throttled", 0)
-            throttling["throttledTime"] = stat.get("throttled_time", 0)
-
-    def _cpuset_stats(self, out: dict[str, Any]) -> None:
-        d = self.dirs.get("cpuset")
-        if d is None:
-            return
-        cpuset = out["cpuset"]
-        cpuset["cpus"] = parse_id_list(read_optional(os.path.join(d, "cpuset.cpus")))
-        cpuset["mems"] = parse_id_list(read_optional(os.path.join(d, "cpuset.mems")))
-        for key in (
-            "cpu_exclusive",
-            "mem_hardwall",
-            "mem_exclusive",
-            "memory_migrate",
-            "memory_spread_page",
-            "memory_spread_slab",
-            "memory_pressure",
-            "sched_load_balance",
-        ):
-            cpuset[key] = parse_uint(read_optional(os.path.join(d, f"cpuset.{key}")))
-        level = (read_optional(os.path.join(d, "cpuset.sched_relax_domain_level")) or "0").strip()
-        cpuset["sched_relax_domain_level"] = int(level) if level.lstrip("-").isdigit() else 0
-
-    def _memory_stats(self, out: dict[str, Any]) -> None:
-        d = self.dirs.get("memory")
-        if d is None:
-            return
-        mem = out["memory"]
-        raw = parse_keyed(read_optional(os.path.join(d, "memory.stat")))
-        mem["raw"] = raw
-        mem["cache"] = raw.get("cache", 0)
-        for key, prefix in (
-            ("usage", "memory."),
-            ("swap", "memory.memsw."),
-            ("kernel", "memory.kmem."),
-            ("kernelTCP", "memory.kmem.tcp."),
-        ):
-            usage = read_optional(os.path.join(d, prefix + "usage_in_bytes"))
-            if usage is None:
-                continue
-            mem[key] = {
-                "limit": parse_uint(read_optional(os.path.join(d, prefix + "limit_in_bytes"))),
-                "usage": parse_uint(usage),
-                "max": parse_uint(read_optional(os.path.join(d, prefix + "max_usage_in_bytes"))),
-                "failcnt": parse_uint(read_optional(os.path.join(d, prefix + "failcnt"))),
-            }
-
-    def _pids_stats(self, out: dict[str, Any]) -> None:
-        d = self.dirs.get("pids")
-        if d is None:
-            out["pids"]["current"] = len(self.pids())
-            return
-        out["pids"]["current"] = parse_uint(read_optional(os.path.join(d, "pids.current")))
-        limit = parse_uint(read_optional(os.path.join(d, "pids.max")))
-        out["pids"]["limit"] = 0 if limit == MAX_UINT64 else limit
-
-    def _blkio_stats(self, out: dict[str, Any]) -> None:
-        d = self.dirs.get("blkio")
-        if d is None:
-            return
-        chosen = "blkio.throttle."
-        for prefix in ("blkio.", "blkio.bfq."):
-            table = _blkio_entries(read_optional(os.path.join(d, prefix + "io_service_bytes_recursive")))
-            if table:
-                chosen = prefix
-                break
-        for name, key in _BLKIO_TABLES:
-            out["blkio"][key] = _blkio_entries(read_optional(os.path.join(d, chosen + name)))
-
-    def _hugetlb_stats(self, out: dict[str, Any]) -> None:
-        d = self.dirs.get("hugetlb")
-        if d is None:
-            if self.unified is not None:
-                out["hugetlb"] = self.unified.hugetlb_stats()
-            return
-        for size in hugepage_sizes():
-            usage = read_optional(os.path.join(d, f"hugetlb.{size}.usage_in_bytes"))
-            if usage is None:
-                continue
-            out["hugetlb"][size] = {
-                "usage": parse_uint(usage),
-                "max": parse_uint(read_optional(os.path.join(d, f"hugetlb.{size}.max_usage_in_bytes"))),
-                "failcnt": parse_uint(read_optional(os.path.join(d, f"hugetlb.{size}.failcnt"))),
-            }
-
-
-def _blkio_entries(text: str | None) -> list[dict[str, Any]]:
-    """``8:0 Read 4096`` (or ``8:0 4096`` for time/sectors) lines; ``Total`` lines skipped."""
-    entries: list[dict[str, Any]] = []
-    if not text:
-        return entries
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) not in (2, 3):
-            continue
-        major, sep, minor = fields[0].partition(":")
-        if not sep or not (major.isdigit() and minor.isdigit()) or not fields[-1].isdigit():
-            continue
-        entry: dict[str, Any] = {"major": int(major), "minor": int(minor), "op": "", "value": int(fields[-1])}
-        if len(fields) == 3:
-            entry["op"] = fields[1]
-        entries.append(entry)
-    return entries
-
-
-def _fill_cpuset(directory: str) -> None:
-    """Give ``directory`` and any ancestor with empty ``cpuset.cpus``/``cpuset.mems`` the values
-    of their parent, top-down."""
-    chain = []
-    current = directory
-    while os.path.exists(os.path.join(current, "cpuset.cpus")):
-        chain.append(current)
-        if all((read_optional(os.path.join(current, f"cpuset.{k}")) or "").strip() for k in ("cpus", "mems")):
-            break
+def _fill_cpuset(created: list[str]) -> None:
+    """Give new cpuset cgroups (``created`` by :func:`make_dirs`, outermost first) their parent's
+    ``cpuset.cpus`` and ``cpuset.mems``: v1 leaves them empty, and an empty cpuset cannot hold a
+    process. The kernel copies them itself when the parent has ``cgroup.clone_children``; the
+    directories made here get that flag, so that the cgroups made below them later (the next
+    containers') need no copying. Ancestors left empty by someone else are filled too, top-down."""
+    leaf = created[-1]
+    values = _cpuset_values(leaf)
+    if values is None or all(values.values()):
+        return  # not a cpuset cgroup, or cloned by the kernel
+    chain = [(leaf, values)]
+    current = leaf
+    while True:
         parent = os.path.dirname(current)
-        if parent == current:
+        above = _cpuset_values(parent) if parent != current else None
+        if above is None:
+            break
+        chain.append((parent, above))
+        if all(above.values()):
             break
         current = parent
-    for d in reversed(chain):
-        parent = os.path.dirname(d)
+    for (d, own), (_, above) in zip(reversed(chain[:-1]), reversed(chain[1:]), strict=True):
         for key in ("cpus", "mems"):
-            name = f"cpuset.{key}"
-            if (read_optional(os.path.join(d, name)) or "").strip():
-                continue
-            value = (read_optional(os.path.join(parent, name)) or "").strip()
-            if value:
-                write(os.path.join(d, name), value)
+            if not own[key] and above[key]:
+                write(os.path.join(d, f"cpuset.{key}"), above[key])
+                own[key] = above[key]
+    for d in created[:-1]:
+        try:
+            write(os.path.join(d, "cgroup.clone_children"), "1")
+        except BerthError:
+            pass  # only a shortcut for the next containers: they are filled as this one was
+
+
+def _cpuset_values(directory: str) -> dict[str, str] | None:
+    """``cpuset.cpus`` and ``cpuset.mems`` of a cgroup; None above the hierarchy's root."""
+    cpus = read_optional(os.path.join(directory, "cpuset.cpus"))
+    if cpus is None:
+        return None
+    return {"cpus": cpus.strip(), "mems": (read_optional(os.path.join(directory, "cpuset.mems")) or "").strip()}

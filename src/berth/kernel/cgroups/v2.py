@@ -31,16 +31,13 @@ import os
 from berth.errors import BerthError, Conflict, Unsupported
 from berth.kernel.cgroups._common import (
     FIELD,
-    MAX_UINT64,
     SIGKILL,
     Cgroup,
     blkio_weight_to_io_weight,
     cgroup_procs,
-    empty_stats,
     enter_files,
     hugepage_sizes,
     make_dirs,
-    parse_id_list,
     parse_keyed,
     parse_uint,
     rdma_line,
@@ -92,12 +89,14 @@ class V2Cgroup(Cgroup):
     def exists(self) -> bool:
         return os.path.isdir(self.dir)
 
-    def create(self) -> None:
+    def create(self) -> bool:
         """mkdir -p the cgroup, and enable every available controller in each ancestor's
         ``cgroup.subtree_control`` (best effort: an ancestor holding processes refuses, and the
-        fields needing those controllers then fail in :meth:`apply`)."""
-        make_dirs(self.dir)
+        fields needing those controllers then fail in :meth:`apply`). True when the cgroup's
+        directory was made here: it then holds no process."""
+        fresh = bool(make_dirs(self.dir))
         self._enable_controllers()
+        return fresh
 
     def _ancestors(self) -> list[str]:
         if self.dir == self.mountpoint or not self.dir.startswith(self.mountpoint.rstrip("/") + "/"):
@@ -113,7 +112,15 @@ class V2Cgroup(Cgroup):
         return chain
 
     def _enable_controllers(self) -> None:
-        for ancestor in self._ancestors():
+        ancestors = self._ancestors()
+        if not ancestors:
+            return
+        # The usual case in two reads: the cgroup already has every controller the root has, so
+        # every ancestor on the way enables them all (a level has only what its parent enables).
+        top = (read_optional(os.path.join(ancestors[0], "cgroup.controllers")) or "").split()
+        if set(top) <= set((read_optional(self._file("cgroup.controllers")) or "").split()):
+            return
+        for ancestor in ancestors:
             available = (read_optional(os.path.join(ancestor, "cgroup.controllers")) or "").split()
             enabled = (read_optional(os.path.join(ancestor, "cgroup.subtree_control")) or "").split()
             missing = [c for c in available if c not in enabled]
@@ -391,99 +398,12 @@ class V2Cgroup(Cgroup):
 
     def stats(self) -> dict[str, Any]:
         read_text(self._file("cgroup.procs"))  # NotFound when gone
-        out = empty_stats()
-        self._cpu_stats(out)
-        self._cpuset_stats(out)
-        self._memory_stats(out)
-        self._pids_stats(out)
-        self._io_stats(out)
-        out["hugetlb"] = self.hugetlb_stats()
-        return out
+        from berth.kernel.cgroups._stats import v2_stats
 
-    def _cpu_stats(self, out: dict[str, Any]) -> None:
-        stat = parse_keyed(read_optional(self._file("cpu.stat")))
-        usage = out["cpu"]["usage"]
-        usage["total"] = stat.get("usage_usec", 0) * 1000
-        usage["user"] = stat.get("user_usec", 0) * 1000
-        usage["kernel"] = stat.get("system_usec", 0) * 1000
-        throttling = out["cpu"]["throttling"]
-        throttling["periods"] = stat.get("nr_periods", 0)
-        throttling["throttledPeriods"] = stat.get("nr_throttled", 0)
-        throttling["throttledTime"] = stat.get("throttled_usec", 0) * 1000
-
-    def _cpuset_stats(self, out: dict[str, Any]) -> None:
-        cpus = read_optional(self._file("cpuset.cpus.effective"))
-        if cpus is None:
-            return
-        out["cpuset"]["cpus"] = parse_id_list(cpus)
-        out["cpuset"]["mems"] = parse_id_list(read_optional(self._file("cpuset.mems.effective")))
-
-    def _memory_stats(self, out: dict[str, Any]) -> None:
-        current = read_optional(self._file("memory.current"))
-        if current is None:
-            return
-        mem = out["memory"]
-        raw = parse_keyed(read_optional(self._file("memory.stat")))
-        mem["raw"] = raw
-        mem["cache"] = raw.get("file", 0)
-        events = parse_keyed(read_optional(self._file("memory.events")))
-        usage = mem["usage"]
-        usage["usage"] = parse_uint(current)
-        usage["max"] = parse_uint(read_optional(self._file("memory.peak")))
-        usage["limit"] = parse_uint(read_optional(self._file("memory.max")))
-        usage["failcnt"] = events.get("max", 0)
-        swap_current = read_optional(self._file("memory.swap.current"))
-        if swap_current is not None:
-            # v1 reports swap as memory+swap; do the same so the numbers mean one thing
-            swap = mem["swap"]
-            swap["usage"] = parse_uint(swap_current) + usage["usage"]
-            swap_limit = parse_uint(read_optional(self._file("memory.swap.max")))
-            if swap_limit == MAX_UINT64 or usage["limit"] == MAX_UINT64:
-                swap["limit"] = MAX_UINT64
-            else:
-                swap["limit"] = swap_limit + usage["limit"]
-            swap["max"] = parse_uint(read_optional(self._file("memory.swap.peak")))
-            swap["failcnt"] = parse_keyed(read_optional(self._file("memory.swap.events"))).get("max", 0)
-
-    def _pids_stats(self, out: dict[str, Any]) -> None:
-        current = read_optional(self._file("pids.current"))
-        if current is None:
-            out["pids"]["current"] = len(self.pids())
-            return
-        out["pids"]["current"] = parse_uint(current)
-        limit = parse_uint(read_optional(self._file("pids.max")))
-        out["pids"]["limit"] = 0 if limit == MAX_UINT64 else limit
-
-    def _io_stats(self, out: dict[str, Any]) -> None:
-        text = read_optional(self._file("io.stat"))
-        if not text:
-            return
-        blkio = out["blkio"]
-        names = {
-            "rbytes": ("ioServiceBytesRecursive", "Read"),
-            "wbytes": ("ioServiceBytesRecursive", "Write"),
-            "rios": ("ioServicedRecursive", "Read"),
-            "wios": ("ioServicedRecursive", "Write"),
-        }
-        for line in text.splitlines():
-            fields = line.split()
-            if not fields:
-                continue
-            major, _, minor = fields[0].partition(":")
-            if not (major.isdigit() and minor.isdigit()):
-                continue
-            for item in fields[1:]:
-                key, _, value = item.partition("=")
-                if key in names and value.isdigit():
-                    table, op = names[key]
-                    blkio[table].append({"major": int(major), "minor": int(minor), "op": op, "value": int(value)})
+        return v2_stats(self)
 
     def hugetlb_stats(self) -> dict[str, dict[str, int]]:
-        result: dict[str, dict[str, int]] = {}
-        for size in hugepage_sizes():
-            current = read_optional(self._file(f"hugetlb.{size}.current"))
-            if current is None:
-                continue
-            events = parse_keyed(read_optional(self._file(f"hugetlb.{size}.events")))
-            result[size] = {"usage": parse_uint(current), "max": 0, "failcnt": events.get("max", 0)}
-        return result
+        """hugetlb usage per page size (also the cgroup2 half's share of a hybrid host's stats)."""
+        from berth.kernel.cgroups._stats import v2_hugetlb
+
+        return v2_hugetlb(self)
