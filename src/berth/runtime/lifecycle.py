@@ -219,12 +219,9 @@ def _open_ns(path: str, kind: str) -> int:
     return fd
 
 
-def _make_cgroup(spec: dict[str, Any], cid: str, made: list[Any]) -> Any:
-    """The container's cgroup, created with its limits applied (appended to ``made`` once it exists,
-    so that a failure from then on removes it)."""
-    from berth.kernel.cgroups import open_cgroup
-
-    cgroup = open_cgroup(spec.get("linux", {}).get("cgroupsPath") or None, cid)
+def _make_cgroup(cgroup: Any, resources: dict[str, Any], made: list[Any]) -> None:
+    """Create the container's cgroup and apply its limits (appended to ``made`` once it exists, so
+    that a failure from then on removes it)."""
     if not cgroup.create():  # it existed: a cgroup made just now is empty, no need to look
         busy = cgroup.pids()
         if busy:
@@ -233,12 +230,19 @@ def _make_cgroup(spec: dict[str, Any], cid: str, made: list[Any]) -> Any:
             raise Conflict(f"linux.cgroupsPath: cgroup {cgroup.path} is not empty "
                            f"({len(busy)} process{'es' if len(busy) > 1 else ''} in it)")
     made.append(cgroup)
-    cgroup.apply(_resources(spec))
-    return cgroup
+    cgroup.apply(resources)
 
 
 def _spawn(sd: StateDir, record: Record, spec: dict[str, Any], made: list[Any], console_socket: str | None,
            no_pivot: bool, preserve_fds: int, subreaper: bool, session_keyring: str, listen_fds: int = 0) -> int:
+    # What the parent does between fork and the child's release is on every start's critical path,
+    # and there each page of the heap it writes is first copied (the child shares them until it
+    # execs): a module imported there costs ~4 times as much. So the cgroup's code is loaded, its
+    # hierarchies found and its limits worked out now; only the kernel's part is left for later.
+    from berth.kernel.cgroups import open_cgroup
+
+    cgroup = open_cgroup(spec.get("linux", {}).get("cgroupsPath") or None, record.id)
+    resources = _resources(spec)
     launch = Launch(spec=spec, rootfs=record.rootfs, bundle=record.bundle, fifo=sd.fifo, no_pivot=no_pivot,
                     preserve_fds=preserve_fds)
     launch.listen_fds = listen_fds
@@ -291,7 +295,7 @@ def _spawn(sd: StateDir, record: Record, spec: dict[str, Any], made: list[Any], 
     init_pid = pid
     try:
         # The cgroup is made while the child prepares itself (imports, libraries): in parallel.
-        cgroup = _make_cgroup(spec, record.id, made)
+        _make_cgroup(cgroup, resources, made)
         record.cgroup_paths = cgroup.paths
         parent.send("G", {"enter": cgroup.entry_files(), "paths": cgroup.paths})
         if launch.userns == "new":
