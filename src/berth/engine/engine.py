@@ -423,7 +423,7 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
 
             code = relay(master, pid, wait_exit)
         else:
-            from berth.runtime.execute import forward_signals
+            from berth.runtime.process import forward_signals
 
             forward_signals(pid)
             code = wait_exit(pid)

@@ -207,7 +207,8 @@ class Runtime:
                 receiver.close()
             raise
         master = receiver.master() if receiver is not None else None
-        from berth.runtime.execute import _forwarding_signals, forward_signals
+        from berth.runtime.execute import _forwarding_signals
+        from berth.runtime.process import forward_signals
 
         if not detach:
             forward_signals(record.pid)  # before start: the container may be signalled as soon as it runs

@@ -76,7 +76,7 @@ def exec_process(root: str, cid: str, process: dict[str, Any], *, detach: bool =
         os.close(console_fd)
     try:
         if not detach:
-            forward_signals(pid)
+            proc.forward_signals(pid)
         from berth.runtime.state import oci_state
 
         # For a seccomp agent (linux.seccomp.listenerPath): the state, with this process's pid.
@@ -100,28 +100,9 @@ def exec_process(root: str, cid: str, process: dict[str, Any], *, detach: bool =
     return _forwarding_signals(pid, wait_exit)
 
 
-def forward_signals(pid: int) -> None:
-    """From now on pass the signals a user sends the runtime on to ``pid`` (as runc does).
-
-    Installed before the process is released (start, or the exec barrier): a signal sent as soon as
-    the container runs must reach it, not kill the runtime.
-    """
-    import _signal as signal  # the C module: `signal` builds enums on import (~4 ms)
-
-    def forward(sig: int, _frame: Any) -> None:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
-                signal.SIGWINCH):
-        signal.signal(sig, forward)
-
-
 def _forwarding_signals(pid: int, wait: Any) -> int:
     """Wait for ``pid``, passing on the signals a user sends the runtime."""
-    forward_signals(pid)
+    proc.forward_signals(pid)
     return int(wait(pid))
 
 

@@ -14,7 +14,6 @@ import errno
 import os
 
 from berth.kernel import syscalls as sc
-from berth.runtime import console
 from berth.runtime import process as proc
 from berth.runtime.hooks import run_hooks
 from berth.runtime.sync import Channel
@@ -142,6 +141,8 @@ def _init(launch: Launch, chan: Channel, seccomp: Any) -> None:
     proc.set_personality(linux)
     os.setsid()
     if slave is not None:
+        from berth.runtime import console  # loaded by _console, before pivot_root
+
         console.take_terminal(slave)
     nnp = bool(process.get("noNewPrivileges"))
     if nnp:
@@ -174,6 +175,7 @@ def _init(launch: Launch, chan: Channel, seccomp: Any) -> None:
 
 def _console(launch: Launch, root_fd: int, process: dict[str, Any]) -> int:
     """Open a pty in the container's devpts, bind its slave to /dev/console, send the master out."""
+    from berth.runtime import console
     from berth.runtime.paths import ensure_in_root, fd_path, open_in_root
 
     master = open_in_root(root_fd, "/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY)

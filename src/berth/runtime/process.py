@@ -253,3 +253,22 @@ def install_seccomp(prepared: Seccomp | None, state: dict[str, Any] | None = Non
 def set_dumpable(on: bool) -> None:
     """A non-dumpable process hides /proc/PID/{exe,fd,mem} from the container's other processes."""
     sc.prctl(sc.PR_SET_DUMPABLE, 1 if on else 0)
+
+
+def forward_signals(pid: int) -> None:
+    """From now on pass the signals a user sends the runtime on to ``pid`` (as runc does).
+
+    Installed before the process is released (start, or the exec barrier): a signal sent as soon as
+    the container runs must reach it, not kill the runtime.
+    """
+    import _signal as signal  # the C module: `signal` builds enums on import (~4 ms)
+
+    def forward(sig: int, _frame: Any) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+                signal.SIGWINCH):
+        signal.signal(sig, forward)

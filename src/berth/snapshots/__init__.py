@@ -10,8 +10,11 @@ import os
 
 from berth.errors import InvalidArgument, Unsupported
 from berth.snapshots.base import ACTIVE, COMMITTED, VIEW, Info, Mount, Snapshotter, Usage
-from berth.snapshots.copying import CopySnapshotter
 from berth.snapshots.overlay import OverlaySnapshotter
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from berth.snapshots.copying import CopySnapshotter
 
 __all__ = ["ACTIVE", "COMMITTED", "VIEW", "CopySnapshotter", "Info", "Mount", "OverlaySnapshotter",
            "Snapshotter", "Usage", "open_snapshotter"]
@@ -41,6 +44,8 @@ def open_snapshotter(root: str | os.PathLike[str], kind: str = "auto") -> Snapsh
             raise Unsupported(f"overlayfs is not usable under {root}")
         snapshotter: Snapshotter = OverlaySnapshotter(root)
     elif kind == "copy":
+        from berth.snapshots.copying import CopySnapshotter
+
         snapshotter = CopySnapshotter(root)
     else:
         raise InvalidArgument(f"unknown snapshotter {kind!r} (overlayfs, copy)")
@@ -52,3 +57,12 @@ def open_snapshotter(root: str | os.PathLike[str], kind: str = "auto") -> Snapsh
         with atomic_file(marker) as f:
             f.write((kind + "\n").encode())
     return snapshotter
+
+
+def __getattr__(name: str) -> object:
+    """``CopySnapshotter`` is loaded on first use: hosts with overlayfs (and `berth run`) never need it."""
+    if name == "CopySnapshotter":
+        from berth.snapshots.copying import CopySnapshotter
+
+        return CopySnapshotter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
