@@ -1,0 +1,82 @@
+"""berth.codebundle: modules served from one compiled file, never stale."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from berth.codebundle import write
+
+pytestmark = pytest.mark.unit
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def make_package(root: Path) -> Path:
+    pkg = root / "bpkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("NAME = 'bpkg'\n")
+    (pkg / "a.py").write_text("from . import b\nVALUE = 'a' + b.VALUE\n")
+    (pkg / "b.py").write_text("VALUE = 'b'\n")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "c.py").write_text("from bpkg.a import VALUE\nVALUE = VALUE + 'c'\n")
+    return pkg
+
+
+def run(root: Path, bundle: Path, code: str) -> str:
+    """``code`` in a fresh interpreter with the bundle installed; its stdout."""
+    prog = (f"import sys; sys.path[:0] = [{SRC!r}, {str(root)!r}]\n"
+            f"from berth.codebundle import Bundle, install; install({str(bundle)!r})\n" + code)
+    res = subprocess.run([sys.executable, "-IS", "-c", prog], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_modules_come_from_the_bundle_with_their_usual_attributes(tmp_path: Path) -> None:
+    pkg = make_package(tmp_path)
+    bundle = tmp_path / "code.bundle"
+    assert write(str(pkg), str(bundle)) == 5
+    out = run(tmp_path, bundle, (
+        "import bpkg.sub.c as c, bpkg\n"
+        "print(c.VALUE, bpkg.NAME, type(c.__spec__.loader).__name__, c.__file__, bpkg.__path__[0])\n"))
+    value, name, loader, file, path = out.split()
+    assert (value, name, loader) == ("abc", "bpkg", "Bundle")
+    assert file == str(pkg / "sub" / "c.py") and path == str(pkg)
+
+
+def test_an_edited_module_is_loaded_from_its_source(tmp_path: Path) -> None:
+    pkg = make_package(tmp_path)
+    bundle = tmp_path / "code.bundle"
+    write(str(pkg), str(bundle))
+    (pkg / "b.py").write_text("VALUE = 'edited'\n")
+    out = run(tmp_path, bundle, "import bpkg.a as a, bpkg.b as b\n"
+                                "print(a.VALUE, type(a.__spec__.loader).__name__, type(b.__spec__.loader).__name__)\n")
+    assert out.split() == ["aedited", "Bundle", "SourceFileLoader"]
+
+
+def test_a_missing_or_foreign_bundle_changes_nothing(tmp_path: Path) -> None:
+    make_package(tmp_path)
+    for bundle in (tmp_path / "absent.bundle", tmp_path / "foreign.bundle"):
+        if bundle.name.startswith("foreign"):
+            bundle.write_bytes(b"not a bundle\n" * 10)
+        out = run(tmp_path, bundle, "import bpkg.a as a\n"
+                                    "print(a.VALUE, any(isinstance(f, Bundle) for f in sys.meta_path))\n")
+        assert out.split() == ["ab", "False"]
+
+
+def test_the_installed_scripts_load_berth_from_the_bundle() -> None:
+    """scripts/install writes the bundle beside the venv and the berth scripts install it (a module
+    edited since is simply loaded from its source)."""
+    bin_dir = Path(sys.executable).parent
+    bundle = bin_dir.parent / "berth-code.bundle"
+    if not bundle.exists():
+        pytest.skip("berth is not installed through scripts/install here")
+    from berth.codebundle import Bundle
+
+    assert {"berth.cli.main", "berth.engine.engine", "berth.runtime.lifecycle"} <= set(Bundle(str(bundle)).index)
+    for script in ("berth", "berth-runtime"):
+        assert f"install({str(bundle)!r})" in (bin_dir / script).read_text()
+    assert "codebundle" not in (bin_dir / "berth-monitor").read_text()  # it stays as small as it can
