@@ -108,6 +108,8 @@ def main() -> int:
     finally:
         subprocess.run(["umount", "-R", str(work / "buildah-root" / "overlay")], stderr=subprocess.DEVNULL)
         shutil.rmtree(work, ignore_errors=True)
+        for runroot in (f"/run/berth-bench-{work.name}", f"/run/buildah-bench-{work.name}"):
+            shutil.rmtree(runroot, ignore_errors=True)
     return 0
 
 

@@ -62,14 +62,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="berth-run-bench-") as tmp:
         base = Path(tmp)
         tar = busybox_tar(base)
-        berth = [str(VENV_BIN / "berth"), "--root", str(base / "berth"), "--runroot", f"/run/{base.name}"]
-        subprocess.run([*berth, "import", str(tar), IMAGE], check=True, capture_output=True, env=env)
-        cmds = {"berth": [*berth, "run", "--rm", "--network", "none", IMAGE, "true"]}
-        podman = podman_setup(base, env, tar)
-        if podman:
-            cmds["podman"] = [*podman, "run", "--rm", "--network", "none", IMAGE, "true"]
-        times = time_interleaved(cmds, args.n, env)
-        report(f"run --rm of true, {args.n} runs each, interleaved", times)
+        runroot = f"/run/{base.name}"
+        berth = [str(VENV_BIN / "berth"), "--root", str(base / "berth"), "--runroot", runroot]
+        try:
+            subprocess.run([*berth, "import", str(tar), IMAGE], check=True, capture_output=True, env=env)
+            cmds = {"berth": [*berth, "run", "--rm", "--network", "none", IMAGE, "true"]}
+            podman = podman_setup(base, env, tar)
+            if podman:
+                cmds["podman"] = [*podman, "run", "--rm", "--network", "none", IMAGE, "true"]
+            times = time_interleaved(cmds, args.n, env)
+            report(f"run --rm of true, {args.n} runs each, interleaved", times)
+        finally:
+            shutil.rmtree(runroot, ignore_errors=True)  # every container was removed: plain files
     return 0
 
 
