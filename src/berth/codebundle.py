@@ -3,9 +3,10 @@
 Every berth command imports 50-60 of berth's own modules; through the standard path machinery each
 costs ~35 µs before its code even runs (directory caches, path joins, a stat of the source, an open
 and a read of its ``.pyc``, header checks), ~2 ms on `berth run`. ``scripts/install`` writes all of
-them into one bundle next to the interpreter; the berth scripts put :class:`Bundle` first on
-``sys.meta_path``, which answers for the modules it holds with one ``pread`` and ``marshal.loads``
-each.
+them into one bundle in the virtual environment (``.venv/berth-code.bundle``); ``berth`` and
+``berth-runtime`` put :class:`Bundle` first on ``sys.meta_path`` (not the long-lived supervisor,
+which imports little), and it answers for the modules it holds with a slice of a read-only
+mapping and ``marshal.loads`` each.
 
 A module whose source changed since the bundle was written (its size or mtime differ) is not
 served: the standard machinery loads it from source, so an edited tree never runs stale code. The
@@ -42,8 +43,8 @@ def write(package_dir: str, out: str) -> int:
             is_pkg = rel[-1] == "__init__"
             module = ".".join(rel[:-1] if is_pkg else rel)
             with open(path, "rb") as f:
+                st = os.fstat(f.fileno())  # before reading: an edit meanwhile makes it stale, not hidden
                 source = f.read()
-            st = os.stat(path)
             data = marshal.dumps(compile(source, path, "exec", dont_inherit=True))
             index[module] = (is_pkg, path, st.st_mtime_ns, st.st_size, offset, len(data))
             blobs.append(data)

@@ -63,16 +63,19 @@ def test_resolve_wildcards_and_missing(tmp_path: Path) -> None:
 
 
 def test_context_from_tar() -> None:
+    """A context is a plain archive: names that would be whiteouts in a layer are files here."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:
-        data = b"FROM scratch\n"
-        ti = tarfile.TarInfo("Dockerfile")
-        ti.size = len(data)
-        tf.addfile(ti, io.BytesIO(data))
+        for name in ("Dockerfile", ".wh.notes", "sub/.wh..wh..opq"):
+            data = b"FROM scratch\n"
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
     buf.seek(0)
     ctx = Context.from_tar(buf)
     try:
-        assert Path(ctx.path("Dockerfile")).read_bytes() == b"FROM scratch\n"
+        for name in ("Dockerfile", ".wh.notes", "sub/.wh..wh..opq"):
+            assert Path(ctx.path(name)).read_bytes() == b"FROM scratch\n"
     finally:
         ctx.close()
 

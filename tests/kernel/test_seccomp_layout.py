@@ -262,3 +262,19 @@ def test_the_cached_program_is_the_tree_layout(tmp_path: Any) -> None:
     _, new = programs(profile)
     assert seccomp.prepare(profile, str(tmp_path)).program == new
     assert seccomp.prepare(profile, str(tmp_path)).program == new  # and from the cache
+
+
+def test_a_libseccomp_that_mislays_rule_less_trees_gets_the_default_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before 2.5.4 a tree with no rules loses the default action (libseccomp#370): berth then keeps
+    the tree for filters of 8 rules or more only, as runc does."""
+    few = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["kexec_load"], "action": "SCMP_ACT_ERRNO"}]}
+    many = {"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["kexec_load", "reboot", "swapon", "swapoff", "acct", "mount", "umount2",
+                                    "pivot_root"], "action": "SCMP_ACT_ERRNO"}]}
+    default, tree = programs(few)
+    assert tree != default  # this libseccomp (>= 2.5.4) lays even one rule out as a tree
+    monkeypatch.setattr(seccomp, "_version", lambda lib: (2, 5, 3))
+    default, tree = programs(few)
+    assert tree == default  # level 2 was asked for, level 1 was used
+    default, tree = programs(many)
+    assert tree != default

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from berth.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Unsupported
+from berth.errors import AlreadyExists, BerthError, Conflict, InvalidArgument, NotFound, Unsupported
 from berth.snapshots import (
     ACTIVE,
     COMMITTED,
@@ -292,7 +292,8 @@ def _mount_options(target: Path) -> list[str]:
 def test_volatile_overlay_can_be_mounted_again_in_the_same_boot(overlay_root: Path, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A --rm container's overlay skips syncing (volatile); the kernel's mark of that, which would
-    refuse any later mount of the layer, is cleared when it was made since boot, kept otherwise."""
+    refuse any later mount of the layer, is cleared when it was left in this boot (the boot id noted
+    beside the layer), kept otherwise, with the mount refused in words."""
     from berth.snapshots import mount as mountmod
 
     s = open_snapshotter(overlay_root)
@@ -316,10 +317,10 @@ def test_volatile_overlay_can_be_mounted_again_in_the_same_boot(overlay_root: Pa
         unmount(target)
     mount_all(mounts, target, volatile=True)
     unmount(target)
-    monkeypatch.setattr(mountmod, "_boot_time", lambda: float("inf"))  # as if the host had rebooted since
-    with pytest.raises(OSError):
+    monkeypatch.setattr(mountmod, "_boot_id", lambda: b"another-boot")  # as if the host had restarted since
+    with pytest.raises(BerthError, match=r"mounted volatile .* has restarted since"):
         mount_all(mounts, target)
-    assert mark.is_dir()
+    assert mark.is_dir() and not os.path.ismount(target)
 
 
 @pytest.mark.unit

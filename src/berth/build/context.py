@@ -103,10 +103,10 @@ class Context:
 
         tmp = tempfile.mkdtemp(prefix="berth-build-context-")
         try:
-            apply_layer(stream, tmp, same_owner=False)
+            apply_layer(stream, tmp, same_owner=False, whiteouts=False)
         except (InvalidArgument, OSError) as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise InvalidArgument(f"the build context on stdin is not a tar archive: {exc}") from None
+            raise InvalidArgument(f"the build context on stdin cannot be unpacked: {exc}") from None
         ctx = cls(tmp)
         ctx._tmp = tmp
         return ctx

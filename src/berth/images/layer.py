@@ -354,7 +354,8 @@ Lowers = Sequence[str | os.PathLike[str]]
 
 
 def apply_layer(stream: Readable, dest: str | os.PathLike[str], *, overlay: bool = False,
-                lowers: Lowers | Callable[[], Lowers] = (), same_owner: bool | None = None) -> ApplyResult:
+                lowers: Lowers | Callable[[], Lowers] = (), same_owner: bool | None = None,
+                whiteouts: bool = True) -> ApplyResult:
     """Apply the layer read from ``stream`` onto the directory ``dest`` and return its DiffID and size.
 
     ``overlay`` writes whiteouts in overlayfs's native form, for ``dest`` being an overlay upper
@@ -364,7 +365,8 @@ def apply_layer(stream: Readable, dest: str | os.PathLike[str], *, overlay: bool
     function, called (once) only when a lower is first needed — it may block: a pull applies a layer
     while its parent is still being applied, and most layers never need their lowers.
     ``same_owner`` (default: when running as root) applies the
-    archive's numeric owners. The archive is read to its end even when the tar ends early, so that the
+    archive's numeric owners. ``whiteouts=False`` unpacks a plain archive (a build context), whose
+    ``.wh.*`` names are files like any other. The archive is read to its end even when the tar ends early, so that the
     DiffID covers the whole stream. A failure leaves ``dest`` partly written: callers apply into a
     fresh snapshot and discard it.
     """
@@ -383,6 +385,7 @@ def apply_layer(stream: Readable, dest: str | os.PathLike[str], *, overlay: bool
             open_lowers()
         hashing = _Hashing(body)
         applier = _Applier(root_fd, overlay, open_lowers, os.geteuid() == 0 if same_owner is None else same_owner)
+        applier.whiteouts = whiteouts
         reader = TarReader(hashing.next_chunk)
         try:
             for member in reader:
@@ -445,6 +448,7 @@ class _Applier:
         self._cache_path: str | None = None
         self._cache_fd = -1
         self.root_opaque = False
+        self.whiteouts = True  # False: .wh.* entries are plain files (an archive that is not a layer)
 
     # -- parents ----------------------------------------------------------------------------------
 
@@ -577,7 +581,7 @@ class _Applier:
                 self.skipped.append(f"{m.name}: the root of a layer can only be a directory")
             return
         parent, _, name = rel.rpartition("/")
-        if name.startswith(WHITEOUT_PREFIX):
+        if name.startswith(WHITEOUT_PREFIX) and self.whiteouts:
             self._whiteout(parent, name, m)
             return
         if m.isreg():

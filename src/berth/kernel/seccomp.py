@@ -92,7 +92,10 @@ _ATTR_API_SYSRAWRC = 9
 # takes a far shorter path, and the kernel walks every path once at load (to cache always-allowed
 # syscalls): prctl(PR_SET_SECCOMP) takes ~0.55 ms rather than ~1.1 ms. The actions are the same
 # for every syscall and argument (tests/kernel/test_seccomp_layout.py interprets both programs).
+# libseccomp before 2.5.4 drops the default action of a tree with no rules (libseccomp#370): the
+# tree is used from 2.5.4 on, or with at least 8 rules, as runc does.
 _OPTIMIZE = 2
+_TREE_MIN_RULES = 8
 # What the cached program depends on beyond the profile and the library: bump on any change in
 # how _build drives libseccomp.
 _GENERATION = f"berth-seccomp 2 optimize={_OPTIMIZE}"
@@ -385,10 +388,16 @@ def _context(lib: _Libseccomp, plan: _Plan, optimize: int = _OPTIMIZE) -> Any:
     return ctx
 
 
+def _version(lib: _Libseccomp) -> tuple[int, ...]:
+    return tuple(int(part) for part in lib.version.split("."))
+
+
 def _build(lib: _Libseccomp, ctx: int, plan: _Plan, optimize: int) -> None:
     fn = lib.lib
     fn.seccomp_attr_set(ctx, _ATTR_CTL_NNP, 0)
     fn.seccomp_attr_set(ctx, _ATTR_API_SYSRAWRC, 1)  # real errno from seccomp_load (>= 2.5)
+    if optimize == 2 and _version(lib) < (2, 5, 4) and sum(len(r.names) for r in plan.rules) < _TREE_MIN_RULES:
+        optimize = 1
     # Before 2.5 libseccomp has no layout levels and refuses the attribute: its one layout is used.
     fn.seccomp_attr_set(ctx, _ATTR_CTL_OPTIMIZE, optimize)
     for i, name in enumerate(plan.arches):
@@ -499,7 +508,8 @@ def prepare(seccomp: Any, cache_dir: str | None = None) -> Filter:
 # -- the compiled-filter cache ------------------------------------------------------------------
 #
 # An entry is <libseccomp path> NUL <identity> NUL <BPF program>, named by a digest of the profile.
-# The identity holds everything the program depends on and is compared in full on every hit, so
+# The identity holds what the program depends on (this module's own file included, so a new berth
+# never loads programs an older one made) and is compared in full on every hit, so
 # the name need not be collision-proof: Python's hash() of an int (unlike of str or bytes) is the
 # same in every process, costs microseconds and loads no hash module (_sha256 alone is ~0.2 ms in
 # a freshly forked child). The library is identified by the stat of the file the loader mapped on
@@ -524,8 +534,13 @@ def _identity(lib_path: bytes, profile: bytes) -> bytes | None:
         ld_cache = f"{ld.st_ino}:{ld.st_mtime_ns}"
     except OSError:
         ld_cache = "-"
+    try:
+        own = os.stat(__file__)
+        code = f"{own.st_size}:{own.st_mtime_ns}"
+    except OSError:
+        code = "-"
     uname = os.uname()
-    head = "\n".join((_GENERATION, uname.release, uname.machine, os.environ.get("LD_LIBRARY_PATH", ""),
+    head = "\n".join((_GENERATION, code, uname.release, uname.machine, os.environ.get("LD_LIBRARY_PATH", ""),
                       ld_cache, f"{lib.st_dev}:{lib.st_ino}:{lib.st_size}:{lib.st_mtime_ns}", ""))
     return lib_path + b"\0" + head.encode() + profile + b"\0"
 

@@ -116,15 +116,19 @@ class Container:
     def _path(self, name: str) -> str:
         return f"{self.dir}/{name}"
 
-    def fault(self, e: BaseException) -> None:
-        """An unexpected error in one of our callbacks: note it beside the state, and give up on
-        this run if it had not started, or on the container if its state is gone (``rm``); the
-        others in the supervisor carry on."""
+    def note_error(self, e: BaseException) -> None:
+        """Append ``e`` to ``monitor.err`` beside the container's state."""
         try:
             with open(self._path("monitor.err"), "a") as f:
                 f.write(f"{timestamp()} {type(e).__name__}: {e}\n")
         except OSError:
             pass
+
+    def fault(self, e: BaseException) -> None:
+        """An unexpected error in one of our callbacks: note it beside the state, and give up on
+        this run if it had not started, or on the container if its state is gone (``rm``); the
+        others in the supervisor carry on."""
+        self.note_error(e)
         if self.done:
             return
         if self.reply is not None:
@@ -549,7 +553,7 @@ class Container:
             oom = status == 1
             self._runtime(["delete", "--force", self.id], lambda *_: self._deleted(code, oom))
 
-        self.loop.fork(self.oom_killed, checked, self)
+        self.loop.fork(self.oom_killed, checked, self, self.note_error)
 
     def _deleted(self, code: int, oom: bool) -> None:
         info: dict[str, Any] = {"exitCode": code, "finishedAt": timestamp(), "oomKilled": oom,
@@ -560,7 +564,7 @@ class Container:
         ev = self.cfg.get("events")
         if ev:  # recorded before anything else is done with the container, as in one process
             self.loop.fork(lambda: self._record_events(ev, code, oom), lambda _: self._decide(code, owner_heard),
-                           self)
+                           self, self.note_error)
         else:
             self._decide(code, owner_heard)
 

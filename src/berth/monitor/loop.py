@@ -123,10 +123,12 @@ class Loop:
         return posix.posix_spawn(argv[0], argv, posix.environ, setsid=setsid, file_actions=[
             first, (posix.POSIX_SPAWN_DUP2, stdout, 1), (posix.POSIX_SPAWN_DUP2, stderr, 2)])
 
-    def fork(self, fn: Callable[[], int], then: Callable[[int], None], owner: Any = None) -> None:
+    def fork(self, fn: Callable[[], int], then: Callable[[int], None], owner: Any = None,
+             on_error: Callable[[BaseException], None] | None = None) -> None:
         """Run ``fn`` in a forked child and call ``then(its return value)`` once it exits (255 when
-        it raised): for work that needs modules this long-lived process must never load (its memory
-        is every container's), done by a copy that leaves as soon as it is done."""
+        it raised, after the child passed the error to ``on_error``): for work that needs modules
+        this long-lived process must never load (its memory is every container's), done by a copy
+        that leaves as soon as it is done."""
         try:
             pid = posix.fork()
         except OSError:  # out of processes: as if it had failed
@@ -135,7 +137,13 @@ class Loop:
         if pid == 0:
             code = 255
             try:
-                code = fn()
+                code = int(fn())
+            except BaseException as e:
+                if on_error is not None:
+                    try:
+                        on_error(e)
+                    except BaseException:
+                        pass
             finally:
                 posix._exit(code)
         self.watch_child(pid, then, owner)

@@ -185,11 +185,9 @@ class Seccomp:
         self.filter = prepared
         self.listener: Any = None
         self.metadata: str | None = None
-        self.failure = ""
 
     def connect(self, path: str, metadata: str | None) -> None:
-        """Connect to the agent. A failure is raised by ``send``: raised now, while the parent may
-        still be writing its first message, it would reach the caller as a broken pipe."""
+        """Connect to the agent; an agent that cannot be reached fails the create, as with runc."""
         import _socket  # the C module: `socket` builds enums on import (~3 ms)
 
         from berth.oci import jsonc  # noqa: F401  (for send(), past pivot_root)
@@ -199,8 +197,7 @@ class Seccomp:
             sock.connect(path)
         except OSError as e:
             sock.close()
-            self.failure = f"linux.seccomp.listenerPath {path}: {e.strerror or e}"
-            return
+            raise BerthError(f"linux.seccomp.listenerPath {path}: {e.strerror or e}") from None
         self.listener, self.metadata = sock, metadata
 
     def send(self, notify_fd: int, state: dict[str, Any]) -> None:
@@ -218,7 +215,7 @@ class Seccomp:
         rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, notify_fd.to_bytes(4, sys.byteorder))]
         try:
             if self.listener is None:
-                raise BerthError(self.failure)
+                raise BerthError("linux.seccomp.listenerPath: no connection to the agent")
             sent = self.listener.sendmsg([data], rights)
             while sent < len(data):  # the fd went with the first part; the rest is plain payload
                 sent += self.listener.send(data[sent:])

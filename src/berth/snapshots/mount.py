@@ -40,7 +40,7 @@ def mount_all(mounts: Iterable[Mount], target: str | os.PathLike[str], *, volati
     overlay gets the ``volatile`` option (Linux 5.10): it never syncs its upper directory, whose
     unmount would otherwise flush every dirty page of the filesystem under it (~0.3-4 ms per
     container, more on a busy disk). A kernel without the option refuses it; the mount is then
-    made without it."""
+    made without it. Beside the layer goes the boot it was mounted in (see _clear_volatile_mark)."""
     target = os.fspath(target)
     for m in mounts:
         flags, data = _split(m.options)
@@ -50,18 +50,23 @@ def mount_all(mounts: Iterable[Mount], target: str | os.PathLike[str], *, volati
                 sc.mount(None, target, None, flags | sc.MS_REMOUNT | sc.MS_BIND)
             continue
         if m.type == "overlay":
-            _clear_volatile_mark(m)
-            if volatile and "upperdir=" in data:
+            workdir = _work_dir(m)
+            if workdir is not None:
+                _clear_volatile_mark(workdir, target)
+            if volatile and workdir is not None:
                 try:
                     _mount(m, target, flags, data + ",volatile")
-                    continue
                 except OSError as e:
                     if e.errno != _EINVAL:
                         raise
+                else:
+                    _note_boot(workdir)
+                    continue
         _mount(m, target, flags, data)
 
 
 _EINVAL = 22
+_BOOT_FILE = "volatile-boot-id"  # beside an overlay's work directory: the boot it was last mounted volatile in
 
 
 def _mount(m: Mount, target: str, flags: int, data: str) -> None:
@@ -71,36 +76,48 @@ def _mount(m: Mount, target: str, flags: int, data: str) -> None:
         _mount_from(m.cwd, m.source, target, m.type, flags, data)
 
 
-def _clear_volatile_mark(m: Mount) -> None:
+def _work_dir(m: Mount) -> str | None:
+    """A writable overlay's work directory; None for a read-only one."""
+    workdir = next((o[len("workdir="):] for o in m.options if o.startswith("workdir=")), None)
+    return None if workdir is None else os.path.join(m.cwd or "/", workdir)
+
+
+def _clear_volatile_mark(workdir: str, target: str) -> None:
     """A volatile overlay leaves ``WORKDIR/work/incompat/volatile`` behind, even when cleanly
     unmounted, and the kernel refuses to mount that upper directory again: it may have lost writes
-    in a crash. Made during this boot, the mark only says the layer was volatile — no crash can
-    have happened since — so it is removed; from before the last boot it stays, and the mount
-    fails (EINVAL) as it should."""
-    workdir = next((o[len("workdir="):] for o in m.options if o.startswith("workdir=")), None)
-    if workdir is None:
+    in a crash. Left in this boot (the boot id noted beside it says so), the mark only says the
+    layer was volatile — no crash can have happened since — and it is removed. From another boot,
+    the layer may be torn: the mount is refused, in words."""
+    mark = os.path.join(workdir, "work", "incompat", "volatile")
+    if not os.path.lexists(mark):
         return
-    mark = os.path.join(m.cwd or "/", workdir, "work", "incompat", "volatile")
     try:
-        made = os.lstat(mark).st_ctime
+        with open(_boot_file(workdir), "rb") as f:
+            same_boot = f.read().strip() == _boot_id()
     except OSError:
-        return
-    if made < _boot_time():
-        return
+        same_boot = False
+    if not same_boot:
+        from berth.errors import BerthError
+
+        raise BerthError(f"{target}: its writable layer was mounted volatile (a --rm container's) and the host "
+                         "has restarted since, so it may have lost writes: it cannot be mounted again")
     from berth.fsutil import remove_tree
 
-    try:
-        remove_tree(mark)
-    except OSError:
-        pass  # the mount will report it
+    remove_tree(mark)
 
 
-def _boot_time() -> float:
-    with open("/proc/stat", "rb") as f:
-        for line in f:
-            if line.startswith(b"btime "):
-                return float(line.split()[1])
-    return float("inf")
+def _note_boot(workdir: str) -> None:
+    with open(_boot_file(workdir), "wb") as f:  # torn or missing, it reads as another boot: refused
+        f.write(_boot_id() + b"\n")
+
+
+def _boot_file(workdir: str) -> str:
+    return os.path.join(os.path.dirname(workdir), _BOOT_FILE)
+
+
+def _boot_id() -> bytes:
+    with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+        return f.read().strip()
 
 
 def _mount_from(cwd: str, source: str, target: str, fstype: str, flags: int, data: str) -> None:
