@@ -98,3 +98,18 @@ def test_each_input_of_the_program_makes_a_miss(tmp_path: Path, monkeypatch: pyt
     assert stale not in entries or change == "profile"
     if change == "profile":
         assert set(os.listdir(cache)) > before  # another profile, another entry
+
+
+def test_two_berth_installations_keep_an_entry_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Entries are named by berth's seccomp module too: two installations (their module files
+    differ) sharing a runtime root do not remake each other's entry on every container start."""
+    cache = tmp_path / "cache"
+    seccomp.prepare(PROFILE, str(cache))
+    monkeypatch.setattr(seccomp, "_code_id", lambda: "another-installation")
+    seccomp.prepare(PROFILE, str(cache))
+    assert len(os.listdir(cache)) == 2
+    before = {name: (cache / name).stat().st_mtime_ns for name in os.listdir(cache)}
+    seccomp.prepare(PROFILE, str(cache))  # a hit: nothing rewritten
+    monkeypatch.undo()
+    seccomp.prepare(PROFILE, str(cache))
+    assert {name: (cache / name).stat().st_mtime_ns for name in os.listdir(cache)} == before

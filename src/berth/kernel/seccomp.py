@@ -507,9 +507,10 @@ def prepare(seccomp: Any, cache_dir: str | None = None) -> Filter:
 
 # -- the compiled-filter cache ------------------------------------------------------------------
 #
-# An entry is <libseccomp path> NUL <identity> NUL <BPF program>, named by a digest of the profile.
-# The identity holds what the program depends on (this module's own file included, so a new berth
-# never loads programs an older one made) and is compared in full on every hit, so
+# An entry is <libseccomp path> NUL <identity> NUL <BPF program>, named by a digest of the profile
+# and by this module's file (two berth installations sharing a runtime root keep an entry each
+# instead of remaking each other's). The identity holds what the program depends on (this module's
+# file again: a new berth never loads what an older one made) and is compared in full on every hit, so
 # the name need not be collision-proof: Python's hash() of an int (unlike of str or bytes) is the
 # same in every process, costs microseconds and loads no hash module (_sha256 alone is ~0.2 ms in
 # a freshly forked child). The library is identified by the stat of the file the loader mapped on
@@ -520,7 +521,16 @@ _LD_CACHE = "/etc/ld.so.cache"
 
 
 def _entry_name(profile: bytes) -> str:
-    return f"{hash(int.from_bytes(profile, 'little')) & _ENTRY_MASK:016x}-{len(profile)}.bpf"
+    return f"{hash(int.from_bytes(profile, 'little')) & _ENTRY_MASK:016x}-{len(profile)}-{_code_id()}.bpf"
+
+
+def _code_id() -> str:
+    """This module's file, by size and modification time."""
+    try:
+        own = os.stat(__file__)
+    except OSError:
+        return "-"
+    return f"{own.st_size:x}.{own.st_mtime_ns:x}"
 
 
 def _identity(lib_path: bytes, profile: bytes) -> bytes | None:
@@ -534,13 +544,8 @@ def _identity(lib_path: bytes, profile: bytes) -> bytes | None:
         ld_cache = f"{ld.st_ino}:{ld.st_mtime_ns}"
     except OSError:
         ld_cache = "-"
-    try:
-        own = os.stat(__file__)
-        code = f"{own.st_size}:{own.st_mtime_ns}"
-    except OSError:
-        code = "-"
     uname = os.uname()
-    head = "\n".join((_GENERATION, code, uname.release, uname.machine, os.environ.get("LD_LIBRARY_PATH", ""),
+    head = "\n".join((_GENERATION, _code_id(), uname.release, uname.machine, os.environ.get("LD_LIBRARY_PATH", ""),
                       ld_cache, f"{lib.st_dev}:{lib.st_ino}:{lib.st_size}:{lib.st_mtime_ns}", ""))
     return lib_path + b"\0" + head.encode() + profile + b"\0"
 
