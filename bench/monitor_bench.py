@@ -14,7 +14,6 @@ Run as root: ``.venv/bin/python bench/monitor_bench.py [-N 1,10,30]``.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run_bench import IMAGE, VENV_BIN, busybox_tar, podman_setup
+from run_bench import IMAGE, bench_env, berth_setup, busybox_tar, podman_setup
 
 
 def _kib(pid: int, field: str) -> int:
@@ -58,13 +57,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-N", default="1,10,30", help="container counts, comma-separated")
     args = parser.parse_args()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env = bench_env()
     with tempfile.TemporaryDirectory(prefix="berth-monitor-bench-") as tmp:
         base = Path(tmp)
         tar = busybox_tar(base)
-        runroot = f"/run/{base.name}"
-        berth = [str(VENV_BIN / "berth"), "--root", str(base / "berth"), "--runroot", runroot]
-        subprocess.run([*berth, "import", str(tar), IMAGE], check=True, capture_output=True, env=env)
+        berth, _, runroot = berth_setup(base, env, tar)
         podman = podman_setup(base, env, tar)
         print("Outside the containers, per container: PSS / private dirty (MiB), N detached sleepers each")
         print("  idle python3 -IS  {:5.2f} / {:4.2f}".format(*_idle_interpreter()), flush=True)

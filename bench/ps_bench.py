@@ -8,7 +8,6 @@ default ulimits. Run as root: ``.venv/bin/python bench/ps_bench.py [-c 200] [-n 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run_bench import IMAGE, VENV_BIN, busybox_tar, podman_setup, report, time_interleaved
+from run_bench import IMAGE, bench_env, berth_setup, busybox_tar, podman_setup, report, time_interleaved
 
 
 def main() -> int:
@@ -24,13 +23,11 @@ def main() -> int:
     parser.add_argument("-c", "--containers", type=int, default=200)
     parser.add_argument("-n", type=int, default=20)
     args = parser.parse_args()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env = bench_env()
     with tempfile.TemporaryDirectory(prefix="berth-ps-bench-") as tmp:
         base = Path(tmp)
         tar = busybox_tar(base)
-        root, runroot = str(base / "berth"), f"/run/{base.name}"
-        berth = [str(VENV_BIN / "berth"), "--root", root, "--runroot", runroot]
-        subprocess.run([*berth, "import", str(tar), IMAGE], check=True, capture_output=True, env=env)
+        berth, root, runroot = berth_setup(base, env, tar)
         from berth.engine.engine import Engine
 
         with Engine(root, runroot) as engine:  # made in-process: creating is not what is measured

@@ -54,18 +54,30 @@ def podman_setup(base: Path, env: dict[str, str], tar: Path | None = None) -> li
     return podman
 
 
+def bench_env() -> dict[str, str]:
+    """The environment the timed commands run in: byte code is written and used, as when installed."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
+def berth_setup(base: Path, env: dict[str, str], tar: Path) -> tuple[list[str], str, str]:
+    """A berth with its own storage under ``base`` (runroot ``/run/<base's name>``) holding ``tar``
+    as IMAGE: (its argv prefix, root, runroot)."""
+    root, runroot = str(base / "berth"), f"/run/{base.name}"
+    berth = [str(VENV_BIN / "berth"), "--root", root, "--runroot", runroot]
+    subprocess.run([*berth, "import", str(tar), IMAGE], check=True, capture_output=True, env=env)
+    return berth, root, runroot
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=20)
     args = parser.parse_args()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env = bench_env()
     with tempfile.TemporaryDirectory(prefix="berth-run-bench-") as tmp:
         base = Path(tmp)
         tar = busybox_tar(base)
-        runroot = f"/run/{base.name}"
-        berth = [str(VENV_BIN / "berth"), "--root", str(base / "berth"), "--runroot", runroot]
+        berth, _, runroot = berth_setup(base, env, tar)
         try:
-            subprocess.run([*berth, "import", str(tar), IMAGE], check=True, capture_output=True, env=env)
             cmds = {"berth": [*berth, "run", "--rm", "--network", "none", IMAGE, "true"]}
             podman = podman_setup(base, env, tar)
             if podman:
