@@ -105,7 +105,7 @@ def test_two_berth_installations_keep_an_entry_each(tmp_path: Path, monkeypatch:
     differ) sharing a runtime root do not remake each other's entry on every container start."""
     cache = tmp_path / "cache"
     seccomp.prepare(PROFILE, str(cache))
-    monkeypatch.setattr(seccomp, "_code_id", lambda: "another-installation")
+    monkeypatch.setattr(seccomp, "_CODE_ID", "another-installation")
     seccomp.prepare(PROFILE, str(cache))
     assert len(os.listdir(cache)) == 2
     before = {name: (cache / name).stat().st_mtime_ns for name in os.listdir(cache)}

@@ -384,8 +384,8 @@ def apply_layer(stream: Readable, dest: str | os.PathLike[str], *, overlay: bool
         if not callable(lowers):
             open_lowers()
         hashing = _Hashing(body)
-        applier = _Applier(root_fd, overlay, open_lowers, os.geteuid() == 0 if same_owner is None else same_owner)
-        applier.whiteouts = whiteouts
+        applier = _Applier(root_fd, overlay, open_lowers, os.geteuid() == 0 if same_owner is None else same_owner,
+                           whiteouts)
         reader = TarReader(hashing.next_chunk)
         try:
             for member in reader:
@@ -432,7 +432,8 @@ def apply_to_mounts(stream: Readable, mounts: Sequence[Mount], *, same_owner: bo
 
 
 class _Applier:
-    def __init__(self, root_fd: int, overlay: bool, lowers: Callable[[], list[int]], same_owner: bool) -> None:
+    def __init__(self, root_fd: int, overlay: bool, lowers: Callable[[], list[int]], same_owner: bool,
+                 whiteouts: bool) -> None:
         self.root_fd = root_fd
         self.overlay = overlay
         self._open_lowers = lowers
@@ -448,7 +449,7 @@ class _Applier:
         self._cache_path: str | None = None
         self._cache_fd = -1
         self.root_opaque = False
-        self.whiteouts = True  # False: .wh.* entries are plain files (an archive that is not a layer)
+        self.whiteouts = whiteouts  # False: .wh.* entries are plain files (an archive that is not a layer)
 
     # -- parents ----------------------------------------------------------------------------------
 

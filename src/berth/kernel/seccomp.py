@@ -521,16 +521,19 @@ _LD_CACHE = "/etc/ld.so.cache"
 
 
 def _entry_name(profile: bytes) -> str:
-    return f"{hash(int.from_bytes(profile, 'little')) & _ENTRY_MASK:016x}-{len(profile)}-{_code_id()}.bpf"
+    return f"{hash(int.from_bytes(profile, 'little')) & _ENTRY_MASK:016x}-{len(profile)}-{_CODE_ID}.bpf"
 
 
 def _code_id() -> str:
-    """This module's file, by size and modification time."""
+    """This module's file, by size and modification time, as it was when the running code was loaded."""
     try:
         own = os.stat(__file__)
     except OSError:
         return "-"
     return f"{own.st_size:x}.{own.st_mtime_ns:x}"
+
+
+_CODE_ID = _code_id()
 
 
 def _identity(lib_path: bytes, profile: bytes) -> bytes | None:
@@ -545,7 +548,7 @@ def _identity(lib_path: bytes, profile: bytes) -> bytes | None:
     except OSError:
         ld_cache = "-"
     uname = os.uname()
-    head = "\n".join((_GENERATION, _code_id(), uname.release, uname.machine, os.environ.get("LD_LIBRARY_PATH", ""),
+    head = "\n".join((_GENERATION, _CODE_ID, uname.release, uname.machine, os.environ.get("LD_LIBRARY_PATH", ""),
                       ld_cache, f"{lib.st_dev}:{lib.st_ino}:{lib.st_size}:{lib.st_mtime_ns}", ""))
     return lib_path + b"\0" + head.encode() + profile + b"\0"
 
