@@ -283,19 +283,14 @@ class V1Cgroup(Cgroup):
             self.unified.apply_devices(rules)  # hybrid host without the v1 devices controller
             return
         d = self._need("devices", f"{FIELD}.devices")
+        from itertools import groupby  # built in: no import cost
+
         # In order, each consecutive run of allow (or deny) rules through one open file.
-        start = 0
-        while start < len(rules):
-            end = start + 1
-            while end < len(rules) and rules[end]["allow"] == rules[start]["allow"]:
-                end += 1
-            name = "devices.allow" if rules[start]["allow"] else "devices.deny"
-            write_lines(
-                os.path.join(d, name),
-                [device_line(rule) for rule in rules[start:end]],
-                [f"{FIELD}.devices[{i}]" for i in range(start, end)],
-            )
-            start = end
+        for allow, run in groupby(enumerate(rules), key=lambda item: bool(item[1]["allow"])):
+            indexed = list(run)
+            write_lines(os.path.join(d, "devices.allow" if allow else "devices.deny"),
+                        [device_line(rule) for _, rule in indexed],
+                        [f"{FIELD}.devices[{i}]" for i, _ in indexed])
 
     def _apply_memory(self, m: dict[str, Any]) -> None:
         f = f"{FIELD}.memory"
