@@ -57,6 +57,28 @@ def test_an_edited_module_is_loaded_from_its_source(tmp_path: Path) -> None:
     assert out.split() == ["aedited", "Bundle", "SourceFileLoader"]
 
 
+def test_a_closed_or_reused_descriptor_is_opened_again_or_left_to_the_path(tmp_path: Path) -> None:
+    """The runtime's child closes every inherited descriptor: the bundle opens its file again, or,
+    when the path now holds another file, lets the standard machinery load from source."""
+    pkg = make_package(tmp_path)
+    bundle = tmp_path / "code.bundle"
+    write(str(pkg), str(bundle))
+    out = run(tmp_path, bundle, (
+        "import os\n"
+        "b = next(f for f in sys.meta_path if isinstance(f, Bundle))\n"
+        "old = b.fd; os.close(old); squatter = os.open(os.devnull, os.O_RDONLY)\n"
+        "assert squatter == old\n"  # the bundle's number now names /dev/null
+        "import bpkg.b\n"
+        "os.close(b.fd); os.close(squatter)\n"  # closed and not reused: opened again
+        "import bpkg.sub\n"
+        f"os.replace({str(bundle)!r}, {str(bundle)!r} + '.old'); os.close(b.fd)\n"
+        f"open({str(bundle)!r}, 'wb').write(b'another file')\n"
+        "import bpkg.a\n"
+        "print(type(bpkg.b.__spec__.loader).__name__, type(bpkg.sub.__spec__.loader).__name__,\n"
+        "      type(bpkg.a.__spec__.loader).__name__, bpkg.a.VALUE)\n"))
+    assert out.split() == ["Bundle", "Bundle", "SourceFileLoader", "ab"]
+
+
 def test_a_missing_or_foreign_bundle_changes_nothing(tmp_path: Path) -> None:
     make_package(tmp_path)
     for bundle in (tmp_path / "absent.bundle", tmp_path / "foreign.bundle"):

@@ -2,8 +2,10 @@
 
 Each of these standard-library modules costs 1-10 ms to import and once cost every container start;
 the hot path now does without them (strings instead of pathlib, berth.oci.jsonc instead of json,
-character sets instead of re, the _sqlite3 extension without the sqlite3 package and its datetime,
-context manager classes instead of contextlib, ...). A change that brings one back fails here, naming who imported it.
+character sets instead of re, the _sqlite3 extension without the sqlite3 package and its datetime
+nor the functools and collections it pulls in, context manager classes instead of contextlib, prlimit
+through ctypes instead of the resource extension, ...). A change that brings one back fails here,
+naming who imported it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ pytestmark = [pytest.mark.root, pytest.mark.integration]
 IMAGE = "localhost/busybox:latest"  # what the engine_dirs fixture imports
 HEAVY = {"typing", "pathlib", "json", "re", "enum", "hashlib", "threading", "shutil", "tempfile",
          "subprocess", "platform", "ipaddress", "dataclasses", "inspect", "socket", "asyncio", "pyroute2",
-         "urllib3", "rich", "zstandard", "isal", "sqlite3", "datetime", "contextlib", "calendar"}
+         "urllib3", "rich", "zstandard", "isal", "sqlite3", "datetime", "contextlib", "calendar",
+         "functools", "collections", "resource", "mmap"}
 
 
 def test_run_path_imports_nothing_heavy(engine_dirs: tuple[str, str]) -> None:

@@ -13,7 +13,10 @@ duplicate keys are refused, since two parsers could read them differently.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+
+# collections.abc re-exports this module; importing it directly keeps the `collections` package
+# (~0.7 ms with what it imports) off `berth run`'s path.
+from _collections_abc import Mapping
 
 from berth.errors import InvalidArgument, NotFound, Unsupported
 from berth.oci import jsonc
@@ -22,6 +25,7 @@ from berth.record import field, record, replace
 
 TYPE_CHECKING = False  # `typing`, `re`, `json` and `platform` stay off `berth run`'s path (~6 ms)
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from typing import Any
 
 # --- media types ------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 import _signal as signal  # the C module: `signal` builds enums on import (~4 ms)
 import errno
 import os
-import resource
 import stat
 
 from berth.errors import BerthError, CannotInvoke, CommandNotFound
@@ -35,10 +34,10 @@ def reset_signals() -> None:
 def apply_limits(process: dict[str, Any], linux: dict[str, Any]) -> None:
     for i, r in enumerate(process.get("rlimits", [])):
         # The spec's values are uint64: 2^64-1 (what engines send for "unlimited") is RLIM_INFINITY.
-        soft, hard = (resource.RLIM_INFINITY if v >= 1 << 63 else v for v in (r["soft"], r["hard"]))
+        soft, hard = (sc.RLIM_INFINITY if v >= 1 << 63 else v for v in (r["soft"], r["hard"]))
         try:
-            resource.setrlimit(getattr(resource, r["type"]), (soft, hard))
-        except (ValueError, OSError) as e:
+            sc.prlimit(sc.RLIMITS[r["type"]], (soft, hard))
+        except OSError as e:
             from berth.errors import InvalidArgument
 
             raise InvalidArgument(f"process.rlimits[{i}] ({r['type']}): {e}") from None
