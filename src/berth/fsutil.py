@@ -1,5 +1,5 @@
 """Files as berth writes and removes them: durable replacement (the one way berth writes a file
-others may read at any moment), flock helpers, and tree removal without shutil."""
+others may read at any moment), flock helpers, and tree removal without shutil, now or later."""
 
 from __future__ import annotations
 
@@ -127,6 +127,93 @@ def remove_tree(path: str) -> None:
         os.rmdir(path)
     except FileNotFoundError:
         pass
+
+
+class Trash:
+    """Trees removed off the caller's path: ``take`` renames each into a ``.trash`` directory beside
+    it at once (its name is free again, nothing reads it any more), ``empty`` removes what was
+    taken in a child process the caller does not wait for.
+
+    Why: removing a container's directories at the end of `berth run --rm` costs ~1 ms on disks
+    where each directory freed is a synchronous discard, and a rename ~10 µs (the fork ~0.2 ms).
+    A tree that cannot be renamed (another filesystem, a busy mount point) is removed at once. What
+    a killed child leaves behind goes with the next ``empty`` beside it: it sweeps its whole
+    ``.trash`` directories, and removal tolerates another process removing the same tree.
+    """
+
+    #: Children not reaped yet: each ``empty`` reaps the finished ones, so a long-lived process
+    #: (the API service, a program using the library) keeps no zombies.
+    _children: list[int] = []
+
+    def __init__(self) -> None:
+        self.trash_dirs: list[str] = []
+
+    def take(self, path: str) -> None:
+        trash = os.path.join(os.path.dirname(path), ".trash")
+        dest = os.path.join(trash, f"{os.path.basename(path)}.{os.getpid()}-{os.urandom(4).hex()}")
+        for attempt in (1, 2):
+            try:
+                os.rename(path, dest)
+                break
+            except FileNotFoundError:
+                if not os.path.lexists(path):
+                    return  # nothing to remove
+                if attempt == 2:
+                    remove_tree(path)
+                    return
+                try:
+                    os.mkdir(trash, 0o700)
+                except FileExistsError:
+                    pass
+            except OSError:
+                remove_tree(path)
+                return
+        if trash not in self.trash_dirs:
+            self.trash_dirs.append(trash)
+
+    def empty(self) -> None:
+        if not self.trash_dirs:
+            return
+        trash_dirs, self.trash_dirs = self.trash_dirs, []
+        for pid in list(Trash._children):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    continue
+            except ChildProcessError:
+                pass  # reaped by someone else
+            Trash._children.remove(pid)
+        try:
+            pid = os.fork()
+        except OSError:
+            _sweep(trash_dirs)  # no child to be had: now
+            return
+        if pid:
+            Trash._children.append(pid)
+            return
+        code = 1
+        try:  # the child: its own session, no inherited descriptor (a flock would live on in it)
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.closerange(3, 1 << 20)
+            _sweep(trash_dirs)
+            code = 0
+        finally:
+            os._exit(code)
+
+
+def _sweep(trash_dirs: list[str]) -> None:
+    """Empty each ``.trash`` directory; kept, since making it again would cost the next take."""
+    for trash in trash_dirs:
+        try:
+            fd = os.open(trash, _DIR_FLAGS)
+        except FileNotFoundError:
+            continue
+        try:
+            _empty_dir(fd)
+        finally:
+            os.close(fd)
 
 
 def _empty_dir(dir_fd: int) -> None:

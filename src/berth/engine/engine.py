@@ -615,7 +615,9 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
                         pass
 
     def _cleanup(self, cid: str) -> None:
-        from berth.fsutil import remove_tree
+        """Remove what a container leaves: its network, rootfs mount, record, and its trees — those
+        renamed away now and removed by a child the caller does not wait for (fsutil.Trash)."""
+        from berth.fsutil import Trash
         from berth.snapshots.mount import unmount
 
         try:
@@ -626,16 +628,18 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
         rootfs = os.path.join(self._state_dir(cid), "rootfs")
         if os.path.ismount(rootfs):
             unmount(rootfs, detach=True)
+        trash = Trash()
         try:
-            self.image_store.snapshots.remove(cid)
+            self.image_store.snapshots.remove(cid, trash)
         except (NotFound, BerthError):
             pass
         for tree in (self._state_dir(cid), self._bundle_dir(cid)):
             try:
-                remove_tree(tree)
+                trash.take(tree)
             except OSError:
                 pass  # what is left (a busy mount) cannot hold the record back
         self.db.remove_container(cid)
+        trash.empty()
 
     def _runtime(self, c: Container, *args: str) -> str:
         import subprocess

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any
 
+    from berth.fsutil import Trash
+
 _FS_IOC_GETFLAGS = 0x80086601
 _FS_IOC_SETFLAGS = 0x40086602
 _FS_TOPDIR_FL = 0x00020000
@@ -229,8 +231,9 @@ class Snapshotter:
             db.execute("UPDATE snapshots SET parent = ?, updated = ? WHERE id = ?",
                        (prow["id"], time.time(), row["id"]))
 
-    def remove(self, key: str) -> None:
-        """Remove a snapshot and its tree. Conflict if other snapshots are built on it."""
+    def remove(self, key: str, trash: Trash | None = None) -> None:
+        """Remove a snapshot and its tree (into ``trash`` when given, see fsutil.Trash). Conflict if
+        other snapshots are built on it."""
         with self._write() as db:
             row = self._row(db, key)
             children = db.execute("SELECT key FROM snapshots WHERE parent = ? LIMIT 3", (row["id"],)).fetchall()
@@ -238,7 +241,10 @@ class Snapshotter:
                 names = ", ".join(repr(c[0]) for c in children)
                 raise Conflict(f"snapshot {key!r} has children ({names}); remove them first")
             db.execute("DELETE FROM snapshots WHERE id = ?", (row["id"],))
-        self._remove_dir(row["id"])
+        if trash is not None:
+            trash.take(os.path.join(self._root, str(row["id"])))
+        else:
+            self._remove_dir(row["id"])
 
     def mounts(self, key: str) -> list[Mount]:
         """The mounts of ``key``: read-write for an active snapshot, read-only for a view or a committed one."""
