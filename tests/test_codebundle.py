@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from importlib.util import cache_from_source
 from pathlib import Path
 
 import pytest
@@ -41,10 +42,11 @@ def test_modules_come_from_the_bundle_with_their_usual_attributes(tmp_path: Path
     assert write(str(pkg), str(bundle)) == 5
     out = run(tmp_path, bundle, (
         "import bpkg.sub.c as c, bpkg\n"
-        "print(c.VALUE, bpkg.NAME, type(c.__spec__.loader).__name__, c.__file__, bpkg.__path__[0])\n"))
-    value, name, loader, file, path = out.split()
+        "print(c.VALUE, bpkg.NAME, type(c.__spec__.loader).__name__, c.__file__, bpkg.__path__[0], c.__cached__)\n"))
+    value, name, loader, file, path, cached = out.split()
     assert (value, name, loader) == ("abc", "bpkg", "Bundle")
     assert file == str(pkg / "sub" / "c.py") and path == str(pkg)
+    assert cached == cache_from_source(file)
 
 
 def test_an_edited_module_is_loaded_from_its_source(tmp_path: Path) -> None:

@@ -24,13 +24,18 @@ if TYPE_CHECKING:
     from types import ModuleType
     from typing import Any
 
-_MAGIC = b"berth-code-bundle\n" + sys.implementation.cache_tag.encode() + b"\n"
+_MAGIC = b"berth-code-bundle 2\n" + sys.implementation.cache_tag.encode() + b"\n"
+#: A module's entry: (is a package, source path, its mtime_ns and size when compiled, offset and
+#: length of its code in the bundle, its ``__cached__``).
+_Entry = tuple[bool, str, int, int, int, int, str]
 
 
 def write(package_dir: str, out: str) -> int:
     """Compile every module of the package at ``package_dir`` into the bundle ``out``; the count."""
     parent = os.path.dirname(os.path.abspath(package_dir))
-    index: dict[str, tuple[bool, str, int, int, int, int]] = {}
+    from importlib.util import cache_from_source
+
+    index: dict[str, _Entry] = {}
     blobs: list[bytes] = []
     offset = 0
     for directory, dirs, files in os.walk(package_dir):
@@ -46,7 +51,7 @@ def write(package_dir: str, out: str) -> int:
                 st = os.fstat(f.fileno())  # before reading: an edit meanwhile makes it stale, not hidden
                 source = f.read()
             data = marshal.dumps(compile(source, path, "exec", dont_inherit=True))
-            index[module] = (is_pkg, path, st.st_mtime_ns, st.st_size, offset, len(data))
+            index[module] = (is_pkg, path, st.st_mtime_ns, st.st_size, offset, len(data), cache_from_source(path))
             blobs.append(data)
             offset += len(data)
     head = marshal.dumps(index)
@@ -75,7 +80,7 @@ class Bundle:
                 raise ValueError(f"{path}: not a code bundle for this interpreter")
             size = int.from_bytes(head[len(_MAGIC):], "little")
             self.base = len(head) + size
-            self.index: dict[str, tuple[bool, str, int, int, int, int]] = marshal.loads(
+            self.index: dict[str, _Entry] = marshal.loads(
                 os.pread(self.fd, size, len(head)))
         except BaseException:
             os.close(self.fd)
@@ -102,7 +107,7 @@ class Bundle:
         entry = self.index.get(name)
         if entry is None:
             return None
-        is_pkg, source, mtime_ns, size = entry[:4]
+        is_pkg, source, mtime_ns, size, _, _, cached = entry
         try:
             st = os.stat(source)
         except OSError:
@@ -113,13 +118,14 @@ class Bundle:
         if is_pkg:
             spec.submodule_search_locations = [os.path.dirname(source)]
         spec.has_location = True
+        spec.cached = cached  # worked out when written: the import system would on every import
         return spec
 
     def create_module(self, spec: Any) -> None:
         return None  # the default module object
 
     def exec_module(self, module: ModuleType) -> None:
-        _, _, _, _, offset, length = self.index[module.__name__]
+        _, _, _, _, offset, length, _ = self.index[module.__name__]
         exec(marshal.loads(os.pread(self.fd, length, self.base + offset)), module.__dict__)
 
 

@@ -305,13 +305,19 @@ def _spawn(sd: StateDir, record: Record, spec: dict[str, Any], made: list[Any], 
         if launch.fork_for_pid:
             init_pid = parent.expect("P")
             os.waitpid(pid, 0)
-        parent.expect("H")
         record.pid = init_pid
         state = oci_state(record, record.id, "creating")
-        run_hooks(spec, "prestart", state)
-        run_hooks(spec, "createRuntime", state)
-        state["status"] = "created"
-        parent.send("G", state)
+        hooks = spec.get("hooks") or {}
+        if hooks.get("prestart") or hooks.get("createRuntime"):
+            parent.expect("H")  # the child's mounts are made: the hooks run before it goes on
+            run_hooks(spec, "prestart", state)
+            run_hooks(spec, "createRuntime", state)
+            state["status"] = "created"
+            parent.send("G", state)
+        else:  # nothing to wait for: the child finds its go-ahead queued when it gets there
+            state["status"] = "created"
+            parent.send("G", state)
+            parent.expect("H")
         parent.expect("R")
     except BaseException:
         _kill_and_wait(init_pid)

@@ -56,7 +56,8 @@ def set_personality(linux: dict[str, Any]) -> None:
 
 def environment(process: dict[str, Any]) -> dict[str, str]:
     env = dict(e.split("=", 1) for e in process.get("env", []))
-    env.setdefault("HOME", _home_of(process["user"]["uid"]))
+    if "HOME" not in env:  # engines set it: /etc/passwd is read only when they did not
+        env["HOME"] = _home_of(process["user"]["uid"])
     return env
 
 
