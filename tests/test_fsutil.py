@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from berth.fsutil import Trash, remove_tree
+from support import run_python
 
 pytestmark = pytest.mark.unit
 
@@ -87,3 +88,31 @@ def test_what_cannot_be_renamed_is_removed_at_once(tmp_path: Path) -> None:
     assert not tree.exists()
     trash.empty()
     assert (tmp_path / ".trash").read_text().startswith("a file")
+
+
+def test_a_user_without_dac_override_has_its_mode_000_trees_removed() -> None:
+    """Without CAP_DAC_OVERRIDE, rm alone cannot enter overlay's mode-000 work/work: opened up first."""
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another user")
+    home = Path(tempfile.mkdtemp(prefix="berth-test-trash-"))  # tmp_path's parents are root's alone
+    try:
+        os.chmod(home, 0o755)
+        os.chown(home, 65534, 65534)
+        out = run_python(
+            "import os, time; os.setgid(65534); os.setuid(65534)\n"
+            "from berth.fsutil import Trash\n"
+            f"tree = {str(home / 'tree')!r}\n"
+            "os.makedirs(tree + '/work/work/x'); open(tree + '/work/work/x/f', 'w').close()\n"
+            "os.chmod(tree + '/work/work', 0)\n"
+            "t = Trash(); t.take(tree); t.empty()\n"
+            f"trash = {str(home / '.trash')!r}\n"
+            "deadline = time.monotonic() + 10\n"
+            "while os.listdir(trash) and time.monotonic() < deadline:\n"
+            "    time.sleep(0.01)\n"
+            "print(os.listdir(trash), os.path.exists(tree))\n")
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    assert out.split() == ["[]", "False"]

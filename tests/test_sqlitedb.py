@@ -8,6 +8,7 @@ import pytest
 
 from berth.errors import InvalidArgument
 from berth.sqlitedb import connect, migrate
+from support import run_python
 
 pytestmark = pytest.mark.unit
 
@@ -61,21 +62,15 @@ def test_many_threads_opening_a_new_database_at_once(tmp_path: Path) -> None:
 
 def test_sqlite_is_loaded_without_functools_yet_caches_statements(tmp_path: Path) -> None:
     """_sqlite3 asks functools for lru_cache only; a stand-in serves it and is gone afterwards."""
-    import subprocess
-    import sys
-
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    code = (f"import sys; sys.path.insert(0, {src!r})\n"
-            "from berth.sqlitedb import connect\n"
-            f"conn = connect({str(tmp_path / 'x.db')!r})\n"
-            "conn.execute('CREATE TABLE t (v INTEGER)')\n"
-            "for i in range(300):\n"
-            "    conn.execute('INSERT INTO t VALUES (?)', (i,))\n"
-            "    conn.execute(f'SELECT {i % 150}').fetchone()\n"
-            "print(conn.execute('SELECT count(*), sum(v) FROM t').fetchone()[:],\n"
-            "      'functools' in sys.modules, 'collections' in sys.modules)\n"
-            "import functools\n"
-            "print(functools.reduce(lambda a, b: a + b, [1, 2, 3]), hasattr(functools, 'partial'))\n")
-    res = subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True, timeout=30)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.split("\n")[:2] == ["(300, 44850) False False", "6 True"]
+    out = run_python(
+        "from berth.sqlitedb import connect\n"
+        f"conn = connect({str(tmp_path / 'x.db')!r})\n"
+        "conn.execute('CREATE TABLE t (v INTEGER)')\n"
+        "for i in range(300):\n"
+        "    conn.execute('INSERT INTO t VALUES (?)', (i,))\n"
+        "    conn.execute(f'SELECT {i % 150}').fetchone()\n"
+        "print(conn.execute('SELECT count(*), sum(v) FROM t').fetchone()[:],\n"
+        "      'functools' in sys.modules, 'collections' in sys.modules)\n"
+        "import functools\n"
+        "print(functools.reduce(lambda a, b: a + b, [1, 2, 3]), hasattr(functools, 'partial'))\n")
+    assert out.split("\n")[:2] == ["(300, 44850) False False", "6 True"]

@@ -131,17 +131,18 @@ def remove_tree(path: str) -> None:
 
 class Trash:
     """Trees removed off the caller's path: ``take`` renames each into a ``.trash`` directory beside
-    it at once (its name is free again, nothing reads it any more), ``empty`` removes what was
-    taken in a child process the caller does not wait for.
+    it at once (its name is free again, nothing reads it any more), ``empty`` has them removed by
+    an ``rm`` the caller does not wait for.
 
     Why: removing a container's directories at the end of `berth run --rm` costs ~1 ms on disks
-    where each directory freed is a synchronous discard, and a rename ~10 µs (the fork ~0.2 ms).
-    A tree that cannot be renamed (another filesystem, a busy mount point) is removed at once. What
-    a killed child leaves behind goes with the next ``empty`` beside it: it sweeps its whole
-    ``.trash`` directories, and removal tolerates another process removing the same tree.
+    where each directory freed is a synchronous discard; a rename costs ~10 µs and spawning ``rm``
+    ~0.15 ms (posix_spawn, a vfork: unlike a fork it copies no page tables, and leaves no pages
+    to copy on write while the caller goes on). A tree that cannot be renamed (another
+    filesystem, a busy mount point) is removed at once. What a killed ``rm`` left behind goes with
+    the next ``empty`` beside it: it removes every entry of its ``.trash`` directories.
     """
 
-    #: Children not reaped yet: each ``empty`` reaps the finished ones, so a long-lived process
+    #: Removers not reaped yet: each ``empty`` reaps the finished ones, so a long-lived process
     #: (the API service, a program using the library) keeps no zombies.
     _children: list[int] = []
 
@@ -172,9 +173,15 @@ class Trash:
             self.trash_dirs.append(trash)
 
     def empty(self) -> None:
-        if not self.trash_dirs:
-            return
         trash_dirs, self.trash_dirs = self.trash_dirs, []
+        entries = []
+        for trash in trash_dirs:
+            try:
+                entries += [os.path.join(trash, name) for name in os.listdir(trash)]
+            except OSError:
+                pass
+        if not entries:
+            return
         for pid in list(Trash._children):
             try:
                 if os.waitpid(pid, os.WNOHANG)[0] == 0:
@@ -182,38 +189,19 @@ class Trash:
             except ChildProcessError:
                 pass  # reaped by someone else
             Trash._children.remove(pid)
-        try:
-            pid = os.fork()
+        argv = ["rm", "-rf", "--one-file-system", "--", *entries]
+        if os.geteuid() != 0:  # without CAP_DAC_OVERRIDE overlay's mode-000 work/work is opened up first
+            argv = ["sh", "-c", 'chmod -R u+rwx -- "$@" 2>/dev/null; exec rm -rf --one-file-system -- "$@"',
+                    "sh", *entries]
+        null = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
+        try:  # its own session, its stdio away from the caller's (a pipe reader would wait for it)
+            pid = os.posix_spawnp(argv[0], argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                                  file_actions=null, setsid=True)
         except OSError:
-            _sweep(trash_dirs)  # no child to be had: now
+            for entry in entries:  # no rm to be had: now
+                remove_tree(entry)
             return
-        if pid:
-            Trash._children.append(pid)
-            return
-        code = 1
-        try:  # the child: its own session, no inherited descriptor (a flock would live on in it)
-            os.setsid()
-            null = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(null, fd)
-            os.closerange(3, 1 << 20)
-            _sweep(trash_dirs)
-            code = 0
-        finally:
-            os._exit(code)
-
-
-def _sweep(trash_dirs: list[str]) -> None:
-    """Empty each ``.trash`` directory; kept, since making it again would cost the next take."""
-    for trash in trash_dirs:
-        try:
-            fd = os.open(trash, _DIR_FLAGS)
-        except FileNotFoundError:
-            continue
-        try:
-            _empty_dir(fd)
-        finally:
-            os.close(fd)
+        Trash._children.append(pid)
 
 
 def _empty_dir(dir_fd: int) -> None:
