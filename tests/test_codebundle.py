@@ -76,9 +76,12 @@ def test_a_closed_or_reused_descriptor_is_opened_again_or_left_to_the_path(tmp_p
         f"os.replace({str(bundle)!r}, {str(bundle)!r} + '.old'); os.close(b.fd)\n"
         f"open({str(bundle)!r}, 'wb').write(b'another file')\n"
         "import bpkg.a\n"
+        "fds = len(os.listdir('/proc/self/fd'))\n"
+        "import bpkg.sub.c\n"  # the bundle gave up: no descriptor opened again and again
+        "same = fds == len(os.listdir('/proc/self/fd'))\n"
         "print(type(bpkg.b.__spec__.loader).__name__, type(bpkg.sub.__spec__.loader).__name__,\n"
-        "      type(bpkg.a.__spec__.loader).__name__, bpkg.a.VALUE)\n"))
-    assert out.split() == ["Bundle", "Bundle", "SourceFileLoader", "ab"]
+        "      type(bpkg.a.__spec__.loader).__name__, bpkg.a.VALUE, b.index, same)\n"))
+    assert out.split() == ["Bundle", "Bundle", "SourceFileLoader", "ab", "{}", "True"]
 
 
 def test_a_missing_or_foreign_bundle_changes_nothing(tmp_path: Path) -> None:

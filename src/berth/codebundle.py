@@ -88,8 +88,9 @@ class Bundle:
 
     def _usable(self) -> bool:
         """Whether ``fd`` still reads this bundle. The runtime's child closes every inherited
-        descriptor, and the number may since name another file: it is then opened again, and if
-        the path now holds another file (or none), the standard machinery takes over."""
+        descriptor, and the number may since name another file: it is then opened again. If the
+        path now holds another file (or none), the bundle serves nothing more in this process:
+        the standard machinery takes over."""
         try:
             st = os.fstat(self.fd)
             if (st.st_dev, st.st_ino) == self.identity:
@@ -97,11 +98,17 @@ class Bundle:
         except OSError:
             pass
         try:
-            self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            st = os.fstat(self.fd)
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
+            self.index = {}
             return False
-        return (st.st_dev, st.st_ino) == self.identity
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != self.identity:
+            os.close(fd)
+            self.index = {}
+            return False
+        self.fd = fd
+        return True
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
         entry = self.index.get(name)
@@ -112,8 +119,10 @@ class Bundle:
             st = os.stat(source)
         except OSError:
             return None
-        if st.st_mtime_ns != mtime_ns or st.st_size != size or not self._usable():
+        if st.st_mtime_ns != mtime_ns or st.st_size != size:
             return None  # edited since the bundle was written: the standard machinery loads it
+        if not self._usable():
+            return None
         spec = sys.modules["_frozen_importlib"].ModuleSpec(name, self, origin=source, is_package=is_pkg)
         if is_pkg:
             spec.submodule_search_locations = [os.path.dirname(source)]
