@@ -14,15 +14,13 @@ Run as root: ``.venv/bin/python bench/monitor_bench.py [-N 1,10,30]``.
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run_bench import IMAGE, bench_env, berth_setup, busybox_tar, podman_setup
+from run_bench import IMAGE, bench_engines
 
 
 def _kib(pid: int, field: str) -> int:
@@ -57,49 +55,29 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-N", default="1,10,30", help="container counts, comma-separated")
     args = parser.parse_args()
-    env = bench_env()
-    with tempfile.TemporaryDirectory(prefix="berth-monitor-bench-") as tmp:
-        base = Path(tmp)
-        tar = busybox_tar(base)
-        berth, _, runroot = berth_setup(base, env, tar)
-        podman = podman_setup(base, env, tar)
+    with bench_engines("monitor") as e:
+        berth, podman, env = e.berth, e.podman, e.env
         print("Outside the containers, per container: PSS / private dirty (MiB), N detached sleepers each")
         print("  idle python3 -IS  {:5.2f} / {:4.2f}".format(*_idle_interpreter()), flush=True)
-        try:
-            for n in (int(x) for x in args.N.split(",")):
-                ids = _start(berth, n, env)
-                time.sleep(1.0)
-                sups = {int(Path(runroot, "containers", cid, "monitor.pid").read_text()) for cid in ids}
-                mine, mine_dirty = _per_container(sups, n)
-                line = f"  N={n:3}  berth {mine:5.2f} / {mine_dirty:4.2f} ({len(sups)} supervisor)"
-                subprocess.run([*berth, "rm", "-f", *ids], check=True, capture_output=True, env=env)
-                if podman:
-                    pids = _start(podman, n, env)
-                    time.sleep(1.0)
-                    out = subprocess.run([*podman, "inspect", "--format", "{{.State.ConmonPid}}", *pids],
-                                         check=True, capture_output=True, text=True, env=env).stdout
-                    conmons = {int(p) for p in out.split()}
-                    theirs, theirs_dirty = _per_container(conmons, n)
-                    line += (f"   conmon {theirs:5.2f} / {theirs_dirty:4.2f} ({len(conmons)} conmon)"
-                             f"   berth/conmon PSS {mine / theirs:.2f}x, dirty {mine_dirty / theirs_dirty:.2f}x")
-                    subprocess.run([*podman, "rm", "-f", "-t", "0", *pids], check=True, capture_output=True,
-                                   env=env)
-                print(line, flush=True)
-        finally:
+        for n in (int(x) for x in args.N.split(",")):
+            ids = _start(berth, n, env)
+            time.sleep(1.0)
+            sups = {int(Path(e.runroot, "containers", cid, "monitor.pid").read_text()) for cid in ids}
+            mine, mine_dirty = _per_container(sups, n)
+            line = f"  N={n:3}  berth {mine:5.2f} / {mine_dirty:4.2f} ({len(sups)} supervisor)"
+            subprocess.run([*berth, "rm", "-f", *ids], check=True, capture_output=True, env=env)
             if podman:
-                subprocess.run([*podman, "rm", "-a", "-f", "-t", "0"], capture_output=True, env=env)
-            subprocess.run([*berth, "container", "prune", "-f"], capture_output=True, env=env)
-            shutil.rmtree(runroot, ignore_errors=True)
-            _unmount_under(base)
+                pids = _start(podman, n, env)
+                time.sleep(1.0)
+                out = subprocess.run([*podman, "inspect", "--format", "{{.State.ConmonPid}}", *pids],
+                                     check=True, capture_output=True, text=True, env=env).stdout
+                conmons = {int(p) for p in out.split()}
+                theirs, theirs_dirty = _per_container(conmons, n)
+                line += (f"   conmon {theirs:5.2f} / {theirs_dirty:4.2f} ({len(conmons)} conmon)"
+                         f"   berth/conmon PSS {mine / theirs:.2f}x, dirty {mine_dirty / theirs_dirty:.2f}x")
+                subprocess.run([*podman, "rm", "-f", "-t", "0", *pids], check=True, capture_output=True, env=env)
+            print(line, flush=True)
     return 0
-
-
-def _unmount_under(base: Path) -> None:
-    """Podman's storage leaves mounts (its overlay home) that would keep the temporary directory."""
-    with open("/proc/self/mounts") as f:
-        points = [line.split()[1] for line in f if line.split()[1].startswith(str(base) + "/")]
-    for point in reversed(points):
-        subprocess.run(["umount", "-l", point], capture_output=True)
 
 
 if __name__ == "__main__":

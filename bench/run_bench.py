@@ -8,6 +8,7 @@ Run as root: ``.venv/bin/python bench/run_bench.py [-n 20]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -16,7 +17,8 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 VENV_BIN = Path(sys.executable).parent
@@ -68,24 +70,56 @@ def berth_setup(base: Path, env: dict[str, str], tar: Path) -> tuple[list[str], 
     return berth, root, runroot
 
 
+@dataclass
+class Engines:
+    """A berth and, when installed, a podman (else ``podman`` is []), each with its own storage holding
+    IMAGE: their argv prefixes, berth's root and runroot, and the environment to run them in."""
+
+    env: dict[str, str]
+    berth: list[str]
+    root: str
+    runroot: str
+    podman: list[str]
+
+
+@contextlib.contextmanager
+def bench_engines(name: str) -> Iterator[Engines]:
+    """Engines set up in a temporary directory for the bench ``name``; at the end every container of
+    either goes, with berth's runroot and the mounts podman's storage leaves behind."""
+    env = bench_env()
+    with tempfile.TemporaryDirectory(prefix=f"berth-{name}-bench-") as tmp:
+        base = Path(tmp)
+        tar = busybox_tar(base)
+        berth, root, runroot = berth_setup(base, env, tar)
+        podman = podman_setup(base, env, tar)
+        try:
+            yield Engines(env, berth, root, runroot, podman)
+        finally:
+            if podman:
+                subprocess.run([*podman, "rm", "-a", "-f", "-t", "0"], capture_output=True, env=env)
+            subprocess.run([*berth, "container", "prune", "-f"], capture_output=True, env=env)
+            shutil.rmtree(runroot, ignore_errors=True)
+            _unmount_under(base)
+
+
+def _unmount_under(base: Path) -> None:
+    """Podman's storage leaves mounts (its overlay home) that would keep the temporary directory."""
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1] for line in f if line.split()[1].startswith(str(base) + "/")]
+    for point in reversed(points):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=20)
     args = parser.parse_args()
-    env = bench_env()
-    with tempfile.TemporaryDirectory(prefix="berth-run-bench-") as tmp:
-        base = Path(tmp)
-        tar = busybox_tar(base)
-        berth, _, runroot = berth_setup(base, env, tar)
-        try:
-            cmds = {"berth": [*berth, "run", "--rm", "--network", "none", IMAGE, "true"]}
-            podman = podman_setup(base, env, tar)
-            if podman:
-                cmds["podman"] = [*podman, "run", "--rm", "--network", "none", IMAGE, "true"]
-            times = time_interleaved(cmds, args.n, env)
-            report(f"run --rm of true, {args.n} runs each, interleaved", times)
-        finally:
-            shutil.rmtree(runroot, ignore_errors=True)  # every container was removed: plain files
+    with bench_engines("run") as e:
+        cmds = {"berth": [*e.berth, "run", "--rm", "--network", "none", IMAGE, "true"]}
+        if e.podman:
+            cmds["podman"] = [*e.podman, "run", "--rm", "--network", "none", IMAGE, "true"]
+        times = time_interleaved(cmds, args.n, e.env)
+        report(f"run --rm of true, {args.n} runs each, interleaved", times)
     return 0
 
 
