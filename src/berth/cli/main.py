@@ -16,6 +16,7 @@ from berth.errors import BerthError, InvalidArgument
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from berth.engine.engine import Container, Engine
@@ -128,11 +129,7 @@ class Cli:
         return self._each(rest, self.engine.start)
 
     def cmd_restart(self, argv: list[str]) -> int:
-        opts, rest = parse(argv, [Flag("time,t", "time", True)], "restart")
-        if not rest:
-            raise InvalidArgument('"berth restart" requires at least 1 argument')
-        timeout = _seconds(opts["time"], "--time") if "time" in opts else None
-        return self._each(rest, lambda ref: self.engine.restart(ref, timeout))
+        return self._each_with_timeout(argv, "restart", self.engine.restart)
 
     def cmd_attach(self, argv: list[str]) -> int:
         opts, rest = parse(argv, [Flag("detach-keys", "detach_keys", True), Flag("no-stdin", "no_stdin"),
@@ -144,11 +141,15 @@ class Cli:
         return 0 if code is None else code
 
     def cmd_stop(self, argv: list[str]) -> int:
-        opts, rest = parse(argv, [Flag("time,t", "time", True)], "stop")
+        return self._each_with_timeout(argv, "stop", self.engine.stop)
+
+    def _each_with_timeout(self, argv: list[str], command: str, action: Callable[[str, float | None], Any]) -> int:
+        """stop and restart: containers named in ``argv``, each given ``-t/--time`` seconds to stop."""
+        opts, rest = parse(argv, [Flag("time,t", "time", True)], command)
         if not rest:
-            raise InvalidArgument('"berth stop" requires at least 1 argument')
+            raise InvalidArgument(f'"berth {command}" requires at least 1 argument')
         timeout = _seconds(opts["time"], "--time") if "time" in opts else None
-        return self._each(rest, lambda ref: self.engine.stop(ref, timeout))
+        return self._each(rest, lambda ref: action(ref, timeout))
 
     def cmd_kill(self, argv: list[str]) -> int:
         opts, rest = parse(argv, [Flag("signal,s", "signal", True)], "kill")
