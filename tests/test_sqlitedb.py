@@ -32,6 +32,17 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     migrate(conn, path, MIGRATIONS)
     with pytest.raises(InvalidArgument, match=r"s\.db: schema version 2 is newer than this berth \(1\)"):
         migrate(conn, path, MIGRATIONS[:1])
+    with pytest.raises(InvalidArgument, match=r"s\.db: schema version 2 is newer than this berth \(1\)"):
+        connect(path, MIGRATIONS[:1])  # what every component does on open
+
+
+def test_connect_brings_the_schema_up_to_date(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.db")
+    connect(path, MIGRATIONS[:1])
+    conn = connect(path, MIGRATIONS)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert [r[1] for r in conn.execute("PRAGMA table_info(a)")] == ["x", "z"]
 
 
 def test_many_threads_opening_a_new_database_at_once(tmp_path: Path) -> None:

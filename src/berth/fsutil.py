@@ -136,7 +136,7 @@ class Trash:
 
     Why: removing a container's directories at the end of `berth run --rm` costs ~1 ms on disks
     where each directory freed is a synchronous discard; a rename costs ~10 µs and spawning ``rm``
-    ~0.15 ms (posix_spawn, a vfork: unlike a fork it copies no page tables, and leaves no pages
+    ~0.25 ms (posix_spawn, a vfork: unlike a fork it copies no page tables, and leaves no pages
     to copy on write while the caller goes on). A tree that cannot be renamed (another
     filesystem, a busy mount point) is removed at once. What a killed ``rm`` left behind goes with
     the next ``empty`` beside it: it removes every entry of its ``.trash`` directories.

@@ -70,10 +70,12 @@ __all__ = ["Error", "IntegrityError", "OperationalError", "Row", "connect", "mig
 _WAL_PAGES = 100
 
 
-def connect(path: str, timeout: float = 60.0, *, threads: bool = False) -> sqlite3.Connection:
+def connect(path: str, migrations: list[str] | None = None, timeout: float = 60.0, *,
+            threads: bool = False) -> sqlite3.Connection:
     """A connection as every berth database wants it: autocommit (transactions are explicit, see
     write()), rows by column name, foreign keys on, WAL with synchronous=NORMAL — a commit is atomic
     and survives a crash of any process; a power cut can lose the last commits, never consistency.
+    With ``migrations``, the schema is brought up to date as migrate() does.
 
     WAL is a property of the file, so it is set only on a database nobody has set up yet
     (user_version 0): on every open it would cost a lock round (~0.5 ms on `berth run`'s path, per
@@ -81,13 +83,15 @@ def connect(path: str, timeout: float = 60.0, *, threads: bool = False) -> sqlit
     """
     conn: sqlite3.Connection = _connect(path, timeout=timeout, isolation_level=None, check_same_thread=not threads)
     conn.row_factory = Row
-    if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0:
         _set_wal(conn, timeout)
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_PAGES}")
+    if migrations is not None and version != len(migrations):
+        _migrate(conn, path, migrations)
     return conn
-
 
 
 def _set_wal(conn: sqlite3.Connection, timeout: float) -> None:
@@ -139,9 +143,13 @@ def migrate(conn: sqlite3.Connection, path: str, migrations: list[str]) -> None:
     takes a database from version N to N+1, recorded in ``PRAGMA user_version``. A database
     from a newer berth is refused rather than misread. A current one is seen without taking the
     write lock (every berth command opens its databases)."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] != len(migrations):
+        _migrate(conn, path, migrations)
+
+
+def _migrate(conn: sqlite3.Connection, path: str, migrations: list[str]) -> None:
+    """migrate() once the schema was seen not current: the version is read again under the lock."""
     target = len(migrations)
-    if conn.execute("PRAGMA user_version").fetchone()[0] == target:
-        return
     with write(conn) as db:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > target:

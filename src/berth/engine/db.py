@@ -14,7 +14,7 @@ import time
 
 from berth.errors import AlreadyExists, NotFound
 from berth.oci import jsonc
-from berth.sqlitedb import IntegrityError, connect, migrate, write
+from berth.sqlitedb import IntegrityError, connect, write
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -54,8 +54,7 @@ MIGRATIONS = [
 
 class Database:
     def __init__(self, path: str) -> None:
-        self.conn = connect(path)
-        migrate(self.conn, path, MIGRATIONS)
+        self.conn = connect(path, MIGRATIONS)
 
     def close(self) -> None:
         self.conn.close()

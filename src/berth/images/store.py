@@ -42,7 +42,7 @@ from berth.oci.image import (
 from berth.oci.reference import Reference
 from berth.record import field, record
 from berth.snapshots import Mount, Snapshotter, open_snapshotter
-from berth.sqlitedb import connect, migrate, write
+from berth.sqlitedb import connect, write
 
 # Looking an image up and preparing a container's root is on `berth run`'s path: paths are strings,
 # rows are parsed by berth.oci.jsonc, and json, re, pathlib, typing and threading stay off it.
@@ -150,8 +150,7 @@ class ImageStore:
         self._snapshotter_kind = snapshotter_kind
         self._lock = _thread.RLock()
         db_path = os.path.join(self._root, "images.db")
-        self._db = connect(db_path, threads=True)
-        migrate(self._db, db_path, [";".join(_SCHEMA)])
+        self._db = connect(db_path, [";".join(_SCHEMA)], threads=True)
 
     @property
     def root(self) -> Path:

@@ -35,7 +35,7 @@ import time
 from berth.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Unsupported
 from berth.oci import jsonc
 from berth.record import field, record
-from berth.sqlitedb import connect, migrate, write
+from berth.sqlitedb import connect, write
 
 # Preparing and removing a container's snapshot is on `berth run`'s path: paths are strings and the
 # labels go through berth.oci.jsonc, so pathlib, json, re, typing and threading (~8 ms) stay off it.
@@ -176,8 +176,7 @@ class Snapshotter:
         if not os.path.exists(db_path):  # a new store (a check only: berth run opens one)
             spread_subdirectories(self._root)
         self._lock = _thread.RLock()
-        self._db = connect(db_path, threads=True)
-        migrate(self._db, db_path, [_SCHEMA])
+        self._db = connect(db_path, [_SCHEMA], threads=True)
 
     def close(self) -> None:
         with self._lock:
