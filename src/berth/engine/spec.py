@@ -299,9 +299,10 @@ _RLIMITS = {"core": "RLIMIT_CORE", "cpu": "RLIMIT_CPU", "data": "RLIMIT_DATA", "
 
 
 def _rlimits(opts: dict[str, Any]) -> list[dict[str, Any]]:
-    from berth.kernel import syscalls
+    from berth.kernel.syscalls import prlimit
+    from berth.oci.runtime_config import RLIMITS
 
-    hard = syscalls.prlimit(syscalls.RLIMITS["RLIMIT_NOFILE"])[1]
+    hard = prlimit(RLIMITS["RLIMIT_NOFILE"])[1]
     limits = {"RLIMIT_NOFILE": {"type": "RLIMIT_NOFILE", "soft": hard, "hard": hard}}
     for spec in opts.get("ulimits", []):
         name, _, values = spec.partition("=")

@@ -305,6 +305,7 @@ class _Libseccomp:
             if fn is not None:  # seccomp_notify_fd and seccomp_api_get are absent from old releases
                 fn.restype, fn.argtypes = restype, argtypes
         v = self.lib.seccomp_version().contents
+        self.version_info = (v.major, v.minor, v.micro)
         self.version = f"{v.major}.{v.minor}.{v.micro}"
         self.api = int(self.lib.seccomp_api_get()) if hasattr(self.lib, "seccomp_api_get") else 1
 
@@ -388,15 +389,11 @@ def _context(lib: _Libseccomp, plan: _Plan, optimize: int = _OPTIMIZE) -> Any:
     return ctx
 
 
-def _version(lib: _Libseccomp) -> tuple[int, ...]:
-    return tuple(int(part) for part in lib.version.split("."))
-
-
 def _build(lib: _Libseccomp, ctx: int, plan: _Plan, optimize: int) -> None:
     fn = lib.lib
     fn.seccomp_attr_set(ctx, _ATTR_CTL_NNP, 0)
     fn.seccomp_attr_set(ctx, _ATTR_API_SYSRAWRC, 1)  # real errno from seccomp_load (>= 2.5)
-    if optimize == 2 and _version(lib) < (2, 5, 4) and sum(len(r.names) for r in plan.rules) < _TREE_MIN_RULES:
+    if optimize == 2 and lib.version_info < (2, 5, 4) and sum(len(r.names) for r in plan.rules) < _TREE_MIN_RULES:
         optimize = 1
     # Before 2.5 libseccomp has no layout levels and refuses the attribute: its one layout is used.
     fn.seccomp_attr_set(ctx, _ATTR_CTL_OPTIMIZE, optimize)

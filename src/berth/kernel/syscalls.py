@@ -71,13 +71,6 @@ RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
 RESOLVE_IN_ROOT = 0x10
 
-# setrlimit(2) resources by name (asm-generic/resource.h: the same numbers on x86-64 and arm64).
-RLIMITS = {
-    "RLIMIT_CPU": 0, "RLIMIT_FSIZE": 1, "RLIMIT_DATA": 2, "RLIMIT_STACK": 3, "RLIMIT_CORE": 4,
-    "RLIMIT_RSS": 5, "RLIMIT_NPROC": 6, "RLIMIT_NOFILE": 7, "RLIMIT_MEMLOCK": 8, "RLIMIT_AS": 9,
-    "RLIMIT_LOCKS": 10, "RLIMIT_SIGPENDING": 11, "RLIMIT_MSGQUEUE": 12, "RLIMIT_NICE": 13,
-    "RLIMIT_RTPRIO": 14, "RLIMIT_RTTIME": 15,
-}
 RLIM_INFINITY = 2**64 - 1
 
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
@@ -164,9 +157,10 @@ class _Rlimit(ctypes.Structure):
 
 
 def prlimit(resource: int, limits: tuple[int, int] | None = None) -> tuple[int, int]:
-    """This process's (soft, hard) ``resource`` limits, set to ``limits`` when given (the values
-    before are returned); unlimited is RLIM_INFINITY. Here rather than the ``resource`` module: an
-    extension library ``berth run`` would load for two calls (~0.15 ms)."""
+    """This process's (soft, hard) ``resource`` limits (its number: oci.runtime_config.RLIMITS), set
+    to ``limits`` when given (the values before are returned); unlimited is RLIM_INFINITY. Here
+    rather than the ``resource`` module: an extension library ``berth run`` would load for two calls
+    (~0.15 ms)."""
     old = _Rlimit()
     new = None if limits is None else ctypes.byref(_Rlimit(*limits))
     _check(_libc().prlimit(0, resource, new, ctypes.byref(old)), "prlimit")

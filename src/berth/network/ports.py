@@ -46,13 +46,10 @@ class PortSpec:
         return range(self.host_start, self.host_end + 1)
 
     def __str__(self) -> str:
-        def span(a: int, b: int) -> str:
-            return str(a) if a == b else f"{a}-{b}"
-
-        host = span(self.host_start, self.host_end) if self.host_start else ""
+        host = _span(self.host_start, self.host_end) if self.host_start else ""
         ip = f"[{self.host_ip}]" if ":" in self.host_ip else self.host_ip
         prefix = f"{ip}:{host}:" if self.host_ip else (f"{host}:" if host else "")
-        return f"{prefix}{span(self.container_start, self.container_end)}/{self.proto}"
+        return f"{prefix}{_span(self.container_start, self.container_end)}/{self.proto}"
 
 
 @record(frozen=True)
@@ -68,6 +65,11 @@ class PortMapping:
         return f"{self.container_port}/{self.proto} -> {self.host_ip}:{self.host_port}"
 
 
+def _span(a: int, b: int) -> str:
+    """A port or a range, as Docker writes them: ``80``, ``8000-8002``."""
+    return str(a) if a == b else f"{a}-{b}"
+
+
 def format_ports(mappings: Iterable[PortMapping]) -> str:
     """The PORTS column of ``ps``, as Docker prints it: ``0.0.0.0:8080->80/tcp``, with consecutive
     ports folded into ranges (``0.0.0.0:9000-9002->9000-9002/udp``), ordered by container port."""
@@ -81,13 +83,10 @@ def format_ports(mappings: Iterable[PortMapping]) -> str:
         else:
             groups.append([m])
 
-    def span(a: int, b: int) -> str:
-        return str(a) if a == b else f"{a}-{b}"
-
     groups.sort(key=lambda g: (g[0].container_port, g[0].host_port, g[0].proto, g[0].host_ip))
     return ", ".join(
-        f"{g[0].host_ip}:{span(g[0].host_port, g[-1].host_port)}->"
-        f"{span(g[0].container_port, g[-1].container_port)}/{g[0].proto}"
+        f"{g[0].host_ip}:{_span(g[0].host_port, g[-1].host_port)}->"
+        f"{_span(g[0].container_port, g[-1].container_port)}/{g[0].proto}"
         for g in groups
     )
 

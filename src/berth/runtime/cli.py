@@ -207,7 +207,6 @@ class Runtime:
                 receiver.close()
             raise
         master = receiver.master() if receiver is not None else None
-        from berth.runtime.execute import _forwarding_signals
         from berth.runtime.process import forward_signals
 
         if not detach:
@@ -224,7 +223,7 @@ class Runtime:
 
             status = relay(master, record.pid, lifecycle.wait_exit)
         else:
-            status = _forwarding_signals(record.pid, lifecycle.wait_exit)
+            status = lifecycle.wait_exit(record.pid)
         if not opts.get("keep"):
             lifecycle.delete(self.root, cid, force=True)
         return status

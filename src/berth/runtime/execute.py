@@ -97,13 +97,7 @@ def exec_process(root: str, cid: str, process: dict[str, Any], *, detach: bool =
         return 0
     from berth.runtime.lifecycle import wait_exit
 
-    return _forwarding_signals(pid, wait_exit)
-
-
-def _forwarding_signals(pid: int, wait: Any) -> int:
-    """Wait for ``pid``, passing on the signals a user sends the runtime."""
-    proc.forward_signals(pid)
-    return int(wait(pid))
+    return wait_exit(pid)  # the signals a user sends the runtime pass on: forward_signals above
 
 
 def _child(spec: dict[str, Any], process: dict[str, Any], fds: list[tuple[int, int]], chan: Channel,

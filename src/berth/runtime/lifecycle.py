@@ -275,14 +275,17 @@ def _spawn(sd: StateDir, record: Record, spec: dict[str, Any], made: list[Any], 
 
     gc.disable()
     gc.freeze()
-    pid = os.fork()
-    if pid:
-        gc.unfreeze()
-        gc.enable()
-        sc.prctl(sc.PR_SET_DUMPABLE, 1)
-    if pid and own_pidns is not None:
-        sc.setns(own_pidns, sc.CLONE_NEWPID)
-        os.close(own_pidns)
+    pid = -1
+    try:
+        pid = os.fork()
+    finally:
+        if pid:  # the parent, also when the fork failed: back as it was before
+            gc.unfreeze()
+            gc.enable()
+            sc.prctl(sc.PR_SET_DUMPABLE, 1)
+            if own_pidns is not None:
+                sc.setns(own_pidns, sc.CLONE_NEWPID)
+                os.close(own_pidns)
     if pid == 0:
         parent.close()
         child_main(launch, child)

@@ -16,6 +16,7 @@ import stat
 
 from berth.errors import BerthError, CannotInvoke, CommandNotFound
 from berth.kernel import syscalls as sc
+from berth.oci.runtime_config import RLIMITS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ def apply_limits(process: dict[str, Any], linux: dict[str, Any]) -> None:
         # The spec's values are uint64: 2^64-1 (what engines send for "unlimited") is RLIM_INFINITY.
         soft, hard = (sc.RLIM_INFINITY if v >= 1 << 63 else v for v in (r["soft"], r["hard"]))
         try:
-            sc.prlimit(sc.RLIMITS[r["type"]], (soft, hard))
+            sc.prlimit(RLIMITS[r["type"]], (soft, hard))
         except OSError as e:
             from berth.errors import InvalidArgument
 
@@ -258,7 +259,6 @@ def forward_signals(pid: int) -> None:
     Installed before the process is released (start, or the exec barrier): a signal sent as soon as
     the container runs must reach it, not kill the runtime.
     """
-    import _signal as signal  # the C module: `signal` builds enums on import (~4 ms)
 
     def forward(sig: int, _frame: Any) -> None:
         try:

@@ -155,7 +155,7 @@ def _v1_hugetlb(cg: V1Cgroup, out: dict[str, Any]) -> None:
     d = cg.dirs.get("hugetlb")
     if d is None:
         if cg.unified is not None:
-            out["hugetlb"] = cg.unified.hugetlb_stats()
+            out["hugetlb"] = v2_hugetlb(cg.unified)  # the cgroup2 half of a hybrid host
         return
     for size in hugepage_sizes():
         usage = read_optional(os.path.join(d, f"hugetlb.{size}.usage_in_bytes"))

@@ -402,8 +402,3 @@ class V2Cgroup(Cgroup):
 
         return v2_stats(self)
 
-    def hugetlb_stats(self) -> dict[str, dict[str, int]]:
-        """hugetlb usage per page size (also the cgroup2 half's share of a hybrid host's stats)."""
-        from berth.kernel.cgroups._stats import v2_hugetlb
-
-        return v2_hugetlb(self)
