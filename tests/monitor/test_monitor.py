@@ -104,6 +104,27 @@ def test_health_transitions(tmp_path: Path, make_bundle: Any) -> None:
     assert wait_file(state / "exit.json")["exitCode"] == 137
 
 
+def test_a_health_check_printing_a_lot_passes_and_keeps_4096_bytes(tmp_path: Path, make_bundle: Any) -> None:
+    """The check's stdout blocks like any pipe's (a non-blocking one made it fail with EAGAIN once
+    64 KiB were unread), and the supervisor keeps only the first 4096 bytes of what it reads."""
+    check = "dd if=/dev/zero bs=1048576 count=4 2>/dev/null"  # megabyte writes: past any pipe's room
+    state, line = spawn_monitor(tmp_path, make_bundle, ["sleep", "30"], name="loud",
+                                health={"test": ["sh", "-c", check], "interval": 0.3, "timeout": 10, "retries": 1})
+    assert line.startswith("started ")
+    deadline = time.monotonic() + 15
+    health: dict[str, Any] = {}
+    while time.monotonic() < deadline and health.get("Status") != "healthy":
+        if (state / "health.json").exists():
+            health = json.loads((state / "health.json").read_text())
+        time.sleep(0.05)
+    assert health["Status"] == "healthy", health
+    assert all(len(entry["Output"]) <= 4096 for entry in health["Log"])
+    assert health["Log"][0]["ExitCode"] == 0
+    cid = json.loads((state / "monitor.json").read_text())["id"]
+    subprocess.run([str(BIN / "berth-runtime"), "--root", str(tmp_path / "rt"), "kill", cid, "KILL"], check=False)
+    assert wait_file(state / "exit.json")["exitCode"] == 137
+
+
 def test_log_rotation_and_follow(tmp_path: Path) -> None:
     path = tmp_path / "r.log"
     writer = LogWriter(str(path), max_size=2000, max_files=3)
@@ -201,6 +222,7 @@ def test_attach_socket_stdin_output_and_exit(tmp_path: Path, make_bundle: Any) -
     """The attach protocol at the monitor's level: a state directory too deep for sun_path, a
     container held at create until the client says start, stdin closed when the client's ends."""
     from berth.monitor import attach
+    from berth.monitor.sockets import connect
 
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     deep.mkdir(parents=True)
@@ -209,7 +231,7 @@ def test_attach_socket_stdin_output_and_exit(tmp_path: Path, make_bundle: Any) -
     assert line.startswith("started ") and len(str(state / "attach")) > 108
     time.sleep(0.3)
     assert not (state / "exit.json").exists()  # held until a client asks
-    sock = attach.connect(str(state))
+    sock = connect(str(state))
     sock.sendall(b"s")
     sock.sendall(b"ihello\n")
     sock.sendall(b"e")

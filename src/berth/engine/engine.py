@@ -506,6 +506,7 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
         ``interactive``; ``sig_proxy`` forwards the caller's signals to it when it has no terminal;
         ``start`` releases a container started with ``start(attach=True)``."""
         from berth.monitor import attach as attachmod
+        from berth.monitor.sockets import connect
 
         keys = attachmod.parse_detach_keys(detach_keys)
         c = self.get(ref)
@@ -515,7 +516,7 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
             raise Conflict(f"cannot attach to container {c.name}: it is not running")
         tty = bool(c.config.get("tty"))
         try:
-            sock = attachmod.connect(c.state_dir)
+            sock = connect(c.state_dir)
         except OSError as e:
             raise Conflict(f"cannot attach to container {c.name}: its monitor does not answer ({e.strerror})") \
                 from None

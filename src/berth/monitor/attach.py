@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 
-from berth.monitor.sockets import MAX_MESSAGE, at, seqpacket
+from berth.monitor.sockets import MAX_MESSAGE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -77,16 +77,6 @@ class _DetachScanner:
             out += candidate
             self.held = b""
         return bytes(out), False
-
-
-def connect(directory: str) -> _socket.socket:
-    sock = seqpacket()
-    try:
-        at(directory, sock.connect)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 def relay(sock: _socket.socket, *, stdin: bool, tty: bool, detach_keys: bytes, start: bool = False,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from berth.monitor import LOCK, SOCKET
-from berth.monitor.sockets import at, seqpacket
+from berth.monitor.sockets import connect
 
 NAME = b"berth-monitor"
 
@@ -39,23 +39,18 @@ def request(runroot: str, verb: str, state_dir: str, program: str) -> str:
 
 
 def _connect(runroot: str) -> _socket.socket | None:
-    sock = seqpacket()
     try:
-        at(runroot, sock.connect, SOCKET)
+        return connect(runroot, SOCKET)
     except OSError:
-        sock.close()
         return None
-    return sock
 
 
 def _start(runroot: str, program: str) -> _socket.socket | None:
     """Under the lock: connect if another command started a supervisor meanwhile, else start one
     (in a session of its own) and wait until it listens."""
-    import fcntl
+    from berth.fsutil import file_lock
 
-    lock = os.open(os.path.join(runroot, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(os.path.join(runroot, LOCK)):
         sock = _connect(runroot)
         if sock is not None:
             return sock
@@ -73,8 +68,6 @@ def _start(runroot: str, program: str) -> _socket.socket | None:
         with os.fdopen(r, "rb") as f:
             f.readline()
         return _connect(runroot)
-    finally:
-        os.close(lock)
 
 
 _boot_time: float | None = None

@@ -37,6 +37,7 @@ STREAMS = ("stdout", "stderr")
 GRACE = 0.5  # seconds to read the last output after the init exits
 ATTACH_WAIT = 60.0  # seconds an attach_first container waits for its client
 UNKNOWN = "exit status unknown: the container's monitor died and another adopted it"
+HEALTH_OUTPUT = 4096  # bytes of a health check's output kept, as Docker
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -44,6 +45,14 @@ def write_json(path: str, obj: Any) -> None:
     with open(tmp, "w") as f:
         f.write(jsonc.dumps(obj))
     posix.replace(tmp, path)
+
+
+def _pipe_from_child() -> tuple[int, int]:
+    """A pipe a child writes into: only the supervisor's read end is non-blocking (a child whose
+    stdout did not block would fail with EAGAIN as soon as the pipe filled)."""
+    r, w = posix.pipe2(posix.O_CLOEXEC)
+    posix.set_blocking(r, False)
+    return r, w
 
 
 def _drain(fd: int, limit: int = 65536) -> bytes:
@@ -143,7 +152,7 @@ class Container:
         """Run ``runtime ARGS``; ``then(status, last line of its errors)`` once it exits."""
         err_r = err_w = None
         if stderr is None:
-            err_r, err_w = posix.pipe2(posix.O_NONBLOCK | posix.O_CLOEXEC)
+            err_r, err_w = _pipe_from_child()
             stderr = err_w
         null = posix.open("/dev/null", posix.O_WRONLY | posix.O_CLOEXEC)
         try:
@@ -464,7 +473,7 @@ class Container:
         h = self.cfg["health"]
         begun = timestamp()
         timeout = float(h.get("timeout", 30))
-        out_r, out_w = posix.pipe2(posix.O_NONBLOCK | posix.O_CLOEXEC)
+        out_r, out_w = _pipe_from_child()
         try:
             pid = self.loop.spawn([*self.runtime, "exec", self.id, *h["test"]], stdout=out_w, stderr=out_w)
         except BaseException:
@@ -475,8 +484,8 @@ class Container:
         output = bytearray()
         state = {"timed_out": False}
 
-        def read() -> None:
-            output.extend(_drain(out_r, 4096))
+        def read() -> None:  # drained to the end, kept to the first HEALTH_OUTPUT bytes
+            output.extend(_drain(out_r)[:HEALTH_OUTPUT - len(output)])
 
         def expired() -> None:
             try:
@@ -493,7 +502,7 @@ class Container:
             read()
             self.loop.forget(out_r)
             posix.close(out_r)
-            text = output[:4096].decode(errors="replace")
+            text = output.decode(errors="replace")
             if state["timed_out"]:
                 code, text = -1, f"health check exceeded timeout ({timeout:g}s)"
             if run == self.run_id and self.status is None:
@@ -538,9 +547,9 @@ class Container:
         if self.grace is not None:
             self.grace.cancel()
             self.grace = None
+        if self.status is None or not self.running:
+            return  # not started yet: _start or _started sees the status
         code, self.status = self.status, None
-        if code is None or not self.running:
-            return
         self.running = False
         for fd in list(self.streams):
             if fd in self.streams:

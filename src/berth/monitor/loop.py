@@ -60,7 +60,6 @@ class Loop:
         wake_r, wake_w = posix.pipe2(posix.O_NONBLOCK | posix.O_CLOEXEC)
         _signal.set_wakeup_fd(wake_w)
         _signal.signal(_signal.SIGCHLD, lambda *_: None)  # the C handler writes to the wakeup pipe
-        self._wake_w = wake_w
         self.add_reader(wake_r, lambda: self._wake(wake_r))
 
     # ------------------------------------------------------------------ descriptors
@@ -181,29 +180,26 @@ class Loop:
                 except Exception:
                     pass
 
-    def run_once(self, max_wait: float | None = None) -> None:
-        """Wait for the next event (at most ``max_wait`` seconds) and dispatch what is ready."""
+    def run_once(self) -> None:
+        """Wait for the next event and dispatch what is ready."""
         timers = self._timers
         while timers and timers[0].cancelled:
             heappop(timers)
-        wait = max_wait
+        wait = None
         if timers:
-            until = max(0.0, timers[0].when - time.monotonic())
-            wait = until if wait is None else min(wait, until)
+            wait = max(0.0, timers[0].when - time.monotonic())
         if self._children:
             wait = REAP_EVERY if wait is None else min(wait, REAP_EVERY)
-        readers, writers = dict(self._readers), dict(self._writers)
         events = self._poll.poll(None if wait is None else int(wait * 1000) + 1)
-        for fd, mask in events:
-            # A callback earlier in this round may have closed fd and another taken its number:
-            # only the watch that poll reported on is called.
+        # A callback earlier in this round may close a descriptor and another take its number: only
+        # the watches poll reported on are called (their handlers taken before any runs).
+        watched = [(fd, mask, self._writers.get(fd), self._readers.get(fd)) for fd, mask in events]
+        for fd, mask, writer, reader in watched:
             if mask & (OUT | select.POLLERR | select.POLLHUP | select.POLLNVAL) and \
-                    self._writers.get(fd) is writers.get(fd) is not None:
-                fn, owner = self._writers[fd]
-                self._call(owner, fn)
-            if mask & ~OUT and self._readers.get(fd) is readers.get(fd) is not None:
-                fn, owner = self._readers[fd]
-                self._call(owner, fn)
+                    writer is not None and self._writers.get(fd) is writer:
+                self._call(writer[1], writer[0])
+            if mask & ~OUT and reader is not None and self._readers.get(fd) is reader:
+                self._call(reader[1], reader[0])
         if self._children and not events:
             self._reap()
         now = time.monotonic()

@@ -58,7 +58,6 @@ if TYPE_CHECKING:
     from berth.monitor.loop import Timer
 
 LINGER = 1.0  # seconds without containers before leaving
-PR_SET_CHILD_SUBREAPER = 36
 SUBREAPER = b"BERTH_MONITOR_SUBREAPER"  # set once the process is a subreaper
 
 
@@ -194,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         # Being a subreaper (the containers' inits become our children) takes prctl, which takes
         # ctypes: set it, then exec ourselves afresh so the long-lived process never loads ctypes
         # (the attribute survives execve).
-        from berth.kernel.syscalls import prctl
+        from berth.kernel.syscalls import PR_SET_CHILD_SUBREAPER, prctl
 
         prctl(PR_SET_CHILD_SUBREAPER, 1)
         posix.execve(sys.argv[0], [sys.argv[0], *args], {**posix.environ, SUBREAPER: b"1"})

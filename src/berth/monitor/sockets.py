@@ -39,6 +39,17 @@ def seqpacket(fileno: int | None = None) -> _socket.socket:
     return _socket.socket(_socket.AF_UNIX, kind, 0, fileno)
 
 
+def connect(directory: str, name: str = NAME) -> _socket.socket:
+    """A SOCK_SEQPACKET connection to ``directory/name``; OSError when nobody listens there."""
+    sock = seqpacket()
+    try:
+        at(directory, sock.connect, name)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def listen(directory: str, name: str = NAME) -> _socket.socket:
     """A SOCK_SEQPACKET listener at ``directory/name``, replacing what a previous one left there."""
     try:
@@ -82,9 +93,7 @@ class Server:
         self.clients[fd] = client
         self.loop.add_reader(fd, lambda: self._read(fd), self.owner_obj)
 
-    def _read(self, fd: int) -> None:
-        if fd not in self.clients:  # dropped earlier in the same round
-            return
+    def _read(self, fd: int) -> None:  # a client dropped earlier in the round is not called (Loop)
         try:
             data = self.clients[fd].recv(MAX_MESSAGE)
         except OSError:
