@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from berth.fsutil import Trash, remove_tree
+from berth.fsutil import Trash, file_lock, remove_tree
 from support import run_python
 
 pytestmark = pytest.mark.unit
@@ -116,3 +116,17 @@ def test_a_user_without_dac_override_has_its_mode_000_trees_removed() -> None:
     finally:
         shutil.rmtree(home, ignore_errors=True)
     assert out.split() == ["[]", "False"]
+
+
+def test_a_lock_not_waited_for_says_whether_it_is_held(tmp_path: Path) -> None:
+    path = str(tmp_path / "locks" / "x.lock")
+    with file_lock(path) as held:
+        assert held
+        with file_lock(path, blocking=False) as second:  # another open file: flock refuses it
+            assert second is False
+        with file_lock(path, shared=True, blocking=False) as shared:
+            assert shared is False
+    with file_lock(path, blocking=False) as held:
+        assert held
+    with file_lock(None) as nothing:
+        assert nothing

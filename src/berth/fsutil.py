@@ -55,25 +55,34 @@ class atomic_file:  # lower case: used like a function, `with atomic_file(path) 
 class file_lock:  # lower case: used like a function, `with file_lock(path):`
     """Hold an exclusive (or ``shared``) flock on ``path`` (created if missing) for the block; None
     locks nothing. How daemonless berth processes serialise work on one shared object (a network, a
-    table) or keep a collector away while they use it."""
+    table) or keep a collector away while they use it. Not ``blocking``: the block is entered at
+    once, with False (``with file_lock(p, blocking=False) as held``) when someone else holds it."""
 
-    def __init__(self, path: str | None, *, shared: bool = False) -> None:
+    def __init__(self, path: str | None, *, shared: bool = False, blocking: bool = True) -> None:
         self.path = path
         self.shared = shared
+        self.blocking = blocking
         self.fd: int | None = None
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> bool:
         if self.path is None:
-            return
+            return True
         import fcntl
 
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX)
+            fcntl.flock(self.fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX)
+                        | (0 if self.blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            return False
         except BaseException:
             os.close(self.fd)
+            self.fd = None
             raise
+        return True
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if self.fd is not None:

@@ -16,6 +16,7 @@ from berth.oci.digest import Digest
 from berth.oci.image import History
 from berth.snapshots import CopySnapshotter
 from berth.snapshots.mount import mount_all, overlay_supported, unmount
+from support import need_root
 
 BASE = layer([entry("dir", "etc"), entry("file", "etc/os-release", b"ID=berth\n"), entry("file", "bin/sh", b"elf")])
 APP = layer([entry("file", "app/main", b"print(1)\n"), entry("whiteout", "bin/sh")], "zstd")
@@ -157,6 +158,26 @@ def test_gc_removes_unused_snapshots(store: ImageStore) -> None:
     store.snapshots.remove("container-1")
     store.gc()
     assert store.snapshots.walk() == []
+
+
+def test_gc_removes_a_parent_made_after_its_child(tmp_path: Path) -> None:
+    """A layer unpacked while it downloads may be prepared before the layer below it (adopt): the
+    parent then has the larger id, and must go all the same once its child went."""
+    need_root()
+    store = ImageStore(tmp_path / "root", snapshotter_kind="overlayfs")
+    try:
+        snaps = store.snapshots
+        parent, child = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+        snaps.prepare("extract-child", None)
+        snaps.prepare("extract-parent", None)
+        snaps.commit(parent, "extract-parent")
+        snaps.adopt("extract-child", parent)
+        snaps.commit(child, "extract-child")
+        assert snaps.stat(parent).id > snaps.stat(child).id
+        store.gc()  # no image uses either
+        assert snaps.walk() == []
+    finally:
+        store.close()
 
 
 # --- inspection -------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from typing import BinaryIO
 
-from berth.errors import InvalidArgument, NotFound
+from berth.errors import InvalidArgument, NotFound, Unsupported
 
 
 def _pattern_regex(pattern: str) -> re.Pattern[str]:
@@ -104,9 +104,12 @@ class Context:
         tmp = tempfile.mkdtemp(prefix="berth-build-context-")
         try:
             apply_layer(stream, tmp, same_owner=False, whiteouts=False)
-        except (InvalidArgument, OSError) as exc:
+        except (InvalidArgument, Unsupported, OSError) as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise InvalidArgument(f"the build context on stdin cannot be unpacked: {exc}") from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         ctx = cls(tmp)
         ctx._tmp = tmp
         return ctx

@@ -381,8 +381,6 @@ def apply_layer(stream: Readable, dest: str | os.PathLike[str], *, overlay: bool
 
     hashing: _Hashing | None = None
     try:
-        if not callable(lowers):
-            open_lowers()
         hashing = _Hashing(body)
         applier = _Applier(root_fd, overlay, open_lowers, os.geteuid() == 0 if same_owner is None else same_owner,
                            whiteouts)
@@ -426,8 +424,7 @@ def apply_to_mounts(stream: Readable, mounts: Sequence[Mount], *, same_owner: bo
         upper = m.option("upperdir")
         if upper is None:
             raise InvalidArgument("overlay mount without upperdir is read-only")
-        lowers = [m.resolve(p) for p in (m.option("lowerdir") or "").split(":") if p]
-        return apply_layer(stream, m.resolve(upper), overlay=True, lowers=lowers, same_owner=same_owner)
+        return apply_layer(stream, m.resolve(upper), overlay=True, lowers=m.lower_dirs(), same_owner=same_owner)
     raise Unsupported(f"cannot apply a layer onto a {m.type!r} mount")
 
 

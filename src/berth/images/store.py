@@ -22,7 +22,6 @@ sweeps a blob whose image is still on its way.
 from __future__ import annotations
 
 import _thread
-import fcntl
 import os
 import time
 
@@ -30,7 +29,7 @@ from berth.content import ContentStore
 from berth.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
 from berth.fsutil import file_lock
 from berth.oci import jsonc
-from berth.oci.digest import Digest
+from berth.oci.digest import HEX, Digest
 from berth.oci.image import (
     Descriptor,
     ImageConfig,
@@ -84,13 +83,10 @@ _SCHEMA = [
     )""",
 ]
 
-_HEX = frozenset("0123456789abcdef")
-
-
-def _is_hex_prefix(text: str, full: bool = False) -> bool:
-    """``[sha256:]`` then 1 to 64 lowercase hex digits (exactly 64 with ``full``)."""
+def _is_hex_prefix(text: str) -> bool:
+    """``[sha256:]`` then 1 to 64 lowercase hex digits."""
     hexpart = text.removeprefix("sha256:")
-    return (len(hexpart) == 64 if full else 0 < len(hexpart) <= 64) and _HEX.issuperset(hexpart)
+    return 0 < len(hexpart) <= 64 and HEX.issuperset(hexpart)
 
 #: Active snapshots the store makes while unpacking (under a lease: the collector, which holds the lease
 #: exclusively, knows every one it sees is debris of a killed process).
@@ -288,9 +284,9 @@ class ImageStore:
             if row is not None:
                 return str(row[0])
         ref = None
-        if not text.startswith("sha256:") and not _is_hex_prefix(text, full=True):
+        if not text.startswith("sha256:"):
             try:
-                ref = Reference.parse(text)
+                ref = Reference.parse(text)  # refuses a full image id: looked up below
             except InvalidArgument:
                 pass
         if ref is not None:
@@ -443,11 +439,9 @@ class ImageStore:
         Waits for leases to end (or, with ``wait=False``, does nothing while one is held: the next
         collection will do it).
         """
-        try:
-            fd = self._lock_file(fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            return 0
-        try:
+        with file_lock(os.path.join(self._root, "images.lock"), blocking=wait) as held:
+            if not held:
+                return 0
             with self._lock:
                 rows = self._db.execute("SELECT manifest_digest, index_digest, id, layers FROM images").fetchall()
                 in_use = self._chains_in_use(self._db)
@@ -464,21 +458,21 @@ class ImageStore:
             freed = self.content.gc(roots, lambda d: children.get(d, []))
             self._gc_snapshots(in_use)
             return freed
-        finally:
-            os.close(fd)
 
     def _gc_snapshots(self, in_use: set[str]) -> None:
         if self._snapshotter is None and not os.path.exists(os.path.join(self._root, "snapshots")):
             return
         infos = self.snapshots.walk()
+        by_key = {i.key: i for i in infos}
         children: dict[str, int] = {}
         for i in infos:
             if i.parent:
                 children[i.parent] = children.get(i.parent, 0) + 1
-        # A parent's id is always smaller than its children's: newest first removes leaves first.
-        for info in sorted(infos, key=lambda i: i.id, reverse=True):
-            if children.get(info.key):
-                continue
+        # Leaves first; a parent once its last child went. Not by id: a layer unpacked while it
+        # downloads may be prepared before its parent (Snapshotter.adopt).
+        todo = [i for i in infos if not children.get(i.key)]
+        while todo:
+            info = todo.pop()
             debris = info.key.startswith(EXTRACT_PREFIX)
             orphan = info.kind == "committed" and info.key.startswith("sha256:") and info.key not in in_use
             if not (debris or orphan):
@@ -489,16 +483,9 @@ class ImageStore:
                 continue
             if info.parent:
                 children[info.parent] -= 1
+                if not children[info.parent] and info.parent in by_key:
+                    todo.append(by_key[info.parent])
         self.snapshots.cleanup()
-
-    def _lock_file(self, how: int) -> int:
-        fd = os.open(os.path.join(self._root, "images.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, how)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
 
     # -- unpacking ----------------------------------------------------------------------------------
 
@@ -551,7 +538,7 @@ class ImageStore:
         m = mounts[0]
         if m.type == "bind":
             return [m.source]
-        return [m.resolve(p) for p in (m.option("lowerdir") or "").split(":") if p]
+        return m.lower_dirs()
 
     def _apply_layer(self, desc: Descriptor, diff_id: Digest, key: str, parent: str | None,
                      stream: Readable | None, parent_ready: Callable[[], bool] | None) -> None:

@@ -25,10 +25,10 @@ import contextlib
 import os
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager
 from ipaddress import IPv4Address
 
 from berth.errors import Conflict, InvalidArgument, NotFound, Unsupported
+from berth.fsutil import file_lock
 from berth.network import bridge, dns, files, ipam
 from berth.network.ipam import IPAM, Lease, Network, Pool
 from berth.network.nat import Firewall, firewall
@@ -108,9 +108,7 @@ class Networks:
             self._firewall = firewall(self.settings.table, lock, self.settings.firewall)
         return self._firewall
 
-    def _lock(self, network: str) -> AbstractContextManager[None]:
-        from berth.fsutil import file_lock
-
+    def _lock(self, network: str) -> file_lock:
         return file_lock(os.path.join(self.settings.run_dir, "locks", f"net-{network}.lock"))
 
     # -- networks ---------------------------------------------------------------------------------

@@ -36,7 +36,6 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Iterable
-from contextlib import AbstractContextManager
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -167,7 +166,7 @@ class NftFirewall(_Firewall):
             raise BerthError(f"nft failed: {err.strip()}")
         return [item for item in json.loads(out).get("nftables", []) if isinstance(item, dict)]
 
-    def _locked(self) -> AbstractContextManager[None]:
+    def _locked(self) -> file_lock:
         return file_lock(self.lock_path)
 
     def exists(self) -> bool:
@@ -294,7 +293,7 @@ class IptablesFirewall(_Firewall):
         self.table = table  # berth's chains have fixed names; kept for a uniform interface
         self.lock_path = lock_path
 
-    def _locked(self) -> AbstractContextManager[None]:
+    def _locked(self) -> file_lock:
         return file_lock(self.lock_path)
 
     def _dump(self, table: str) -> list[str]:

@@ -27,7 +27,8 @@ ALGORITHMS: dict[str, int] = {SHA256: 64, SHA512: 128}
 _COMPONENT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
 _SEPARATORS = frozenset("+._-")
 _ENCODED_CHARS = _COMPONENT_CHARS | frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ=_-")
-_HEX = frozenset("0123456789abcdef")
+#: Lowercase hex digits: what a digest's encoded part (and an image id) is made of.
+HEX = frozenset("0123456789abcdef")
 
 
 def _grammar_ok(text: str) -> bool:
@@ -162,7 +163,7 @@ def _validate(algorithm: str, encoded: str, text: str) -> None:
             f"unsupported digest algorithm {algorithm!r} in {text!r} "
             f"(supported: {', '.join(sorted(ALGORITHMS))})"
         )
-    if len(encoded) != length or not _HEX.issuperset(encoded):
+    if len(encoded) != length or not HEX.issuperset(encoded):
         raise InvalidArgument(
             f"invalid digest {text!r}: {algorithm} needs {length} lowercase hex characters"
         )

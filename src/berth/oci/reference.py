@@ -21,7 +21,7 @@ neither tag nor digest, the tag ``latest`` is implied. ``str()`` gives the full 
 from __future__ import annotations
 
 from berth.errors import InvalidArgument, Unsupported
-from berth.oci.digest import Digest
+from berth.oci.digest import HEX, Digest
 from berth.record import record
 
 DEFAULT_DOMAIN = "docker.io"
@@ -38,12 +38,11 @@ _LOWER_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyz") | _DIGITS
 _ALNUM = _LOWER_ALNUM | frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _TAG_FIRST = _ALNUM | {"_"}
 _TAG_CHARS = _TAG_FIRST | frozenset(".-")
-_HEX_LOWER = frozenset("0123456789abcdef")
-_IPV6_CHARS = _HEX_LOWER | frozenset("ABCDEF:")
+_IPV6_CHARS = HEX | frozenset("ABCDEF:")
 
 
 def _is_image_id(text: str) -> bool:
-    return len(text) == 64 and _HEX_LOWER.issuperset(text)
+    return len(text) == 64 and HEX.issuperset(text)
 
 
 def _is_domain_component(part: str) -> bool:

@@ -33,6 +33,7 @@ import sys
 import time
 
 from berth.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Unsupported
+from berth.fsutil import remove_tree
 from berth.oci import jsonc
 from berth.record import field, record
 from berth.sqlitedb import connect, write
@@ -132,6 +133,10 @@ class Mount:
         if os.path.isabs(path) or self.cwd is None:
             return path
         return os.path.join(self.cwd, path)
+
+    def lower_dirs(self) -> list[str]:
+        """An overlay's lower directories, nearest first, made absolute."""
+        return [self.resolve(p) for p in (self.option("lowerdir") or "").split(":") if p]
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"type": self.type, "source": self.source, "options": list(self.options)}
@@ -240,10 +245,7 @@ class Snapshotter:
                 names = ", ".join(repr(c[0]) for c in children)
                 raise Conflict(f"snapshot {key!r} has children ({names}); remove them first")
             db.execute("DELETE FROM snapshots WHERE id = ?", (row["id"],))
-        if trash is not None:
-            trash.take(os.path.join(self._root, str(row["id"])))
-        else:
-            self._remove_dir(row["id"])
+        self._remove_dir(row["id"], trash)
 
     def mounts(self, key: str) -> list[Mount]:
         """The mounts of ``key``: read-write for an active snapshot, read-only for a view or a committed one."""
@@ -294,7 +296,7 @@ class Snapshotter:
             ids = {r[0] for r in db.execute("SELECT id FROM snapshots")}
             for name in os.listdir(self._root):
                 if name.isdigit() and int(name) not in ids:
-                    _rmtree(os.path.join(self._root, name))
+                    self._remove_dir(int(name))
                     removed += 1
         return removed
 
@@ -336,7 +338,7 @@ class Snapshotter:
             try:
                 self._make_tree(snapshot_id)
             except BaseException:
-                _rmtree(os.path.join(self._root, str(snapshot_id)))
+                self._remove_dir(snapshot_id)
                 raise
         info = self.stat(key)
         with self._lock:
@@ -387,8 +389,12 @@ class Snapshotter:
         """A write transaction, exclusive between threads and processes."""
         return write(self._db, self._lock)
 
-    def _remove_dir(self, snapshot_id: int) -> None:
-        _rmtree(os.path.join(self._root, str(snapshot_id)))
+    def _remove_dir(self, snapshot_id: int, trash: Trash | None = None) -> None:
+        path = os.path.join(self._root, str(snapshot_id))
+        if trash is not None:
+            trash.take(path)
+        else:
+            remove_tree(path)
 
 
 _SELECT = ("SELECT s.id AS id, s.key AS key, s.kind AS kind, p.key AS parent_key, s.created AS created,"
@@ -404,13 +410,6 @@ def _check_key(key: str) -> None:
 def _labels_json(labels: Mapping[str, str]) -> str:
     """Labels as stored: keys sorted, so equal label sets are equal rows."""
     return jsonc.dumps(dict(sorted(labels.items())))
-
-
-def _rmtree(path: str) -> None:
-    """Remove a snapshot directory, whatever modes its contents have (overlay leaves a 000 work/work)."""
-    from berth.fsutil import remove_tree
-
-    remove_tree(path)
 
 
 def tree_usage(path: str | os.PathLike[str]) -> Usage:

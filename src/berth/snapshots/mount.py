@@ -78,8 +78,8 @@ def _mount(m: Mount, target: str, flags: int, data: str) -> None:
 
 def _work_dir(m: Mount) -> str | None:
     """A writable overlay's work directory; None for a read-only one."""
-    workdir = next((o[len("workdir="):] for o in m.options if o.startswith("workdir=")), None)
-    return None if workdir is None else os.path.join(m.cwd or "/", workdir)
+    workdir = m.option("workdir")
+    return None if workdir is None else m.resolve(workdir)
 
 
 def _clear_volatile_mark(workdir: str, target: str) -> None:
