@@ -181,6 +181,18 @@ def test_save_oci_dir_needs_output(berth: Any) -> None:
 # --- images: columns, digests, filters ---------------------------------------------------------------
 
 
+def test_the_digest_column_matches_every_kind_of_repository_name() -> None:
+    """Docker Hub names outside library/ too (``bitnami/redis`` is stored as docker.io/bitnami/redis)."""
+    from types import SimpleNamespace
+
+    from berth.cli.image_cmds import _repo_digests
+
+    d1, d2, d3 = ("sha256:" + c * 64 for c in "abc")
+    img = SimpleNamespace(repo_digests=(f"docker.io/library/busybox@{d1}", f"docker.io/bitnami/redis@{d2}",
+                                        f"localhost:5000/app@{d3}", f"docker.io/bitnami/redis@{d1}"))
+    assert _repo_digests(img) == {"busybox": d1, "bitnami/redis": d2, "localhost:5000/app": d3}
+
+
 def test_images_columns_digests_and_filters(berth: Any, rootfs_tar: Path, registry: RegistryServer,
                                             roots: Any) -> None:
     dangling_id = ok(berth("import", str(rootfs_tar))).strip()  # same rootfs, no name: dangling

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -80,6 +82,25 @@ def test_restart_on_failure(engine: Engine) -> None:
     c = engine.get(c.id)
     assert (c.status, c.exit_code, c.restart_count) == ("exited", 2, 2)
     assert [e["log"] for e in engine.logs(c.id)] == ["try\n"] * 3
+
+
+def test_a_restarted_container_is_seen_with_its_new_init(engine: Engine) -> None:
+    """After a restart the init's pid is the new one: inspect's Pid, and the namespaces a
+    ``--network container:`` joins, are the running process's, not the first one's."""
+    c = engine.run(IMAGE, ["sh", "-c", "[ -e /tmp/ran ] && exec sleep 60; touch /tmp/ran; exit 1"], pull="never",
+                   restart="always", network="none")
+    first = c.pid
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and engine.get(c.id).pid == first:
+        time.sleep(0.1)
+    again = engine.get(c.id)
+    assert again.status == "running" and again.pid != first
+    assert engine.inspect(c.id)["State"]["Pid"] == again.pid
+    assert Path(f"/proc/{again.pid}/cmdline").read_bytes().split(b"\0")[0] == b"sleep"
+    joined = engine.run(IMAGE, ["sleep", "60"], pull="never", network=f"container:{c.id}")
+    assert os.readlink(f"/proc/{joined.pid}/ns/net") == os.readlink(f"/proc/{again.pid}/ns/net")
+    for x in (joined, again):
+        engine.remove(x.id, force=True)
 
 
 def test_health_status(engine: Engine) -> None:

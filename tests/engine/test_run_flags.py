@@ -175,6 +175,9 @@ def test_rm_v_removes_anonymous_volumes_only(engine: Engine, berth: Any) -> None
     engine.wait("vols", 10)
     assert berth("rm", "-v", "vols").returncode == 0
     assert {v.name for v in engine.volumes()} - before == {"keepme"}
+    # run --rm in the foreground (no -i, -t or -d: berth itself is the container's parent) likewise
+    assert berth("run", "--rm", "-v", "/anon", "-v", "keepme:/k", IMAGE, "true").returncode == 0
+    assert {v.name for v in engine.volumes()} - before == {"keepme"}
     engine.volume_remove("keepme")
 
 

@@ -126,8 +126,20 @@ def _repo_tags(img: Image) -> list[tuple[str, str]]:
     out = []
     for ref in img.references():
         if ref.tag is not None:
-            out.append((ref.familiar_name if ref.domain == "docker.io" else ref.name, ref.tag))
+            out.append((ref.familiar_name, ref.tag))
     return out or [("<none>", "<none>")]
+
+
+def _repo_digests(img: Image) -> dict[str, str]:
+    """The image's digest in each repository it was pulled from or pushed to, by the repository's
+    name as the REPOSITORY column prints it (``busybox``, ``user/app``, ``localhost:5000/app``)."""
+    from berth.oci.reference import Reference
+
+    out: dict[str, str] = {}
+    for entry in img.repo_digests:
+        name, _, digest = entry.partition("@")
+        out.setdefault(Reference.parse(name, default_tag=None).familiar_name, digest)
+    return out
 
 
 def _image_filter(engine: Engine, filters: list[str], wanted: str | None) -> Callable[[Image, str, str], bool]:
@@ -152,8 +164,7 @@ def _image_filter(engine: Engine, filters: list[str], wanted: str | None) -> Cal
         from berth.oci.reference import Reference
 
         ref = Reference.parse(wanted, default_tag=None)
-        name = ref.familiar_name if ref.domain == "docker.io" else ref.name
-        checks.append(lambda _i, repo, tag: repo == name and (ref.tag is None or tag == ref.tag))
+        checks.append(lambda _i, repo, tag: repo == ref.familiar_name and (ref.tag is None or tag == ref.tag))
     return lambda img, repo, tag: all(check(img, repo, tag) for check in checks)
 
 
@@ -479,12 +490,11 @@ class ImageCommands:
                 continue  # a build step's intermediate image: hidden as Docker hides them (-a shows them)
             image_id = str(img.id) if opts.get("no_trunc") else img.short_id
             size = fmt.size(store.size(img))
+            digests = _repo_digests(img)
             for repo, tag in _repo_tags(img):
                 if not keep(img, repo, tag):
                     continue
-                digest = next((d.partition("@")[2] for d in img.repo_digests
-                               if d.partition("@")[0] == (repo if "/" in repo else f"docker.io/library/{repo}")),
-                              "<none>")
+                digest = digests.get(repo, "<none>")
                 rows.append({"Containers": "N/A", "CreatedAt": img.created or "", "CreatedSince":
                              _created_since(img.created), "Digest": digest, "ID": image_id, "Repository": repo,
                              "SharedSize": "N/A", "Size": size, "Tag": tag, "UniqueSize": "N/A",

@@ -242,9 +242,7 @@ class Cli:
                 found.append(self.engine.inspect(ref))
             except BerthError:
                 found.append(self.engine.image_store.inspect(ref))
-        if opts.get("format") == "json":
-            self.out(json.dumps(found, indent=4) + "\n")
-        elif opts.get("format"):
+        if opts.get("format") and opts["format"] != "json":
             self.out("".join(fmt.render(opts["format"], obj) + "\n" for obj in found))
         else:
             self.out(json.dumps(found, indent=4) + "\n")
@@ -301,8 +299,9 @@ class Cli:
 def _arch() -> str:
     import platform
 
-    machine = platform.machine()
-    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+    from berth.oci.image import normalize_arch
+
+    return normalize_arch(platform.machine())[0]
 
 
 def _seconds(text: str, flag: str) -> float:

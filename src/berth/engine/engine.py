@@ -19,7 +19,7 @@ import sys
 import time
 
 from berth.engine.build_ops import BuildOps
-from berth.engine.container_ops import ContainerOps
+from berth.engine.container_ops import ContainerOps, _host_memory
 from berth.engine.image_ops import ImageOps
 from berth.engine.network_ops import NetworkOps
 from berth.engine.volume_ops import VolumeOps
@@ -243,6 +243,8 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
         current = _read_json(os.path.join(c.state_dir, "pid"))  # the init now (it changes on restarts)
         if isinstance(current, int) and current != c.pid:
             init_alive = _alive(current)
+            if init_alive:
+                c.pid = current  # what inspect shows and --network container: joins
         else:
             # The pid recorded at start, checked with its start time: after a reboot the same pid
             # may well be some other process.
@@ -387,8 +389,8 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
         try:
             return self._attached(c)
         finally:
-            if remove:
-                self.remove(c.id, force=True)
+            if remove:  # --rm takes the container's anonymous volumes along, as Docker does
+                self.remove(c.id, force=True, volumes=True)
 
     def _attached(self, c: Container) -> int:
         """Create and start with the caller's stdio; berth's own runtime is driven in-process (no
@@ -651,6 +653,8 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
         return res.stdout
 
     def inspect(self, ref: str) -> dict[str, Any]:
+        from berth.engine.spec import INIT_PATH
+
         c = self.get(ref)
         health = _read_json(os.path.join(c.state_dir, "health.json"))
         state = {
@@ -703,7 +707,7 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
             },
             "Mounts": [{"Type": m["type"], "Source": m["source"], "Destination": m["destination"],
                         "RW": "ro" not in m.get("options", [])}
-                       for m in oci["mounts"] if m["type"] == "bind" and m["destination"] != "/run/berth-init"],
+                       for m in oci["mounts"] if m["type"] == "bind" and m["destination"] != INIT_PATH],
             "ProcessUser": {"Uid": user.get("uid", 0), "Gid": user.get("gid", 0)},
             "Platform": "linux",
             "NetworkSettings": self.container_networks(c),
@@ -719,15 +723,9 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
 
         cs = self.containers()
         counts = {s: sum(1 for c in cs if c.status == s) for s in ("running", "paused")}
-        try:
-            with open("/proc/meminfo") as f:
-                mem_total = int(f.readline().split()[1]) * 1024
-        except (OSError, ValueError, IndexError):
-            mem_total = 0
         cgroup_v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
         runtimes = {name: {"path": path} for name in ("runc", "crun", "runsc") if (path := shutil.which(name))}
         runtimes["berth"] = {"path": _bin("berth-runtime")}
-        machine = platform.machine()
         return {
             "ID": self._host_id(), "Containers": len(cs), "ContainersRunning": counts["running"],
             "ContainersPaused": counts["paused"],
@@ -736,8 +734,8 @@ class Engine(ImageOps, ContainerOps, NetworkOps, VolumeOps, BuildOps):
             "DockerRootDir": self.root, "RunRoot": self.runroot, "Name": platform.node(),
             "ServerVersion": __version__, "KernelVersion": platform.release(),
             "OperatingSystem": _os_name(), "OSType": "linux",
-            "Architecture": {"x86_64": "x86_64", "aarch64": "aarch64"}.get(machine, machine),
-            "NCPU": os.cpu_count() or 0, "MemTotal": mem_total,
+            "Architecture": platform.machine(),
+            "NCPU": os.cpu_count() or 0, "MemTotal": _host_memory(),
             "CgroupDriver": "cgroupfs", "CgroupVersion": "2" if cgroup_v2 else "1",
             "MemoryLimit": True, "SwapLimit": True, "CpuCfsPeriod": True, "CpuCfsQuota": True,
             "CPUShares": True, "CPUSet": True, "PidsLimit": True,

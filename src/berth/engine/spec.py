@@ -55,15 +55,12 @@ def _all_caps() -> list[str]:
     (a host may withhold some even from root; asking for them would fail the container's start)."""
     from berth.kernel import caps
 
-    bounding = -1
     try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapBnd:"):
-                    bounding = int(line.split()[1], 16)
-    except OSError:
-        pass
-    return [n for n in caps.names() if caps.CAPS[n] <= caps.last_cap() and bounding >> caps.CAPS[n] & 1]
+        bounding: set[int] | None = caps.current()["bounding"]
+    except (OSError, KeyError):
+        bounding = None
+    return [n for n in caps.names()
+            if caps.CAPS[n] <= caps.last_cap() and (bounding is None or caps.CAPS[n] in bounding)]
 
 
 def _caps(opts: dict[str, Any]) -> list[str]:
