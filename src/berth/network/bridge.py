@@ -103,10 +103,6 @@ def netns_iproute(netns: NETNS) -> Iterator[Rtnl]:
         ipr.close()
 
 
-def _index(ipr: Rtnl, name: str) -> int | None:
-    return ipr.index(name)
-
-
 def veth_name(container_id: str, network: Network) -> str:
     """Host end of a container's veth on a network: ``bv`` + 9 characters of the container id + 4 of a
     hash of the bridge name, 15 characters in all (IFNAMSIZ); the alias carries the full id."""
@@ -133,19 +129,17 @@ def ensure_bridge(network: Network) -> int:
     forwarding is switched on for networks that have an outbound route.
     """
     with iproute() as ipr:
-        index = _index(ipr, network.bridge)
-        if index is None:
+        link = ipr.link_named(network.bridge)
+        if link is None:
             try:
                 ipr.add_link(network.bridge, "bridge", mac=mac_for(network.gateway), mtu=network.mtu)
             except Exception as e:
                 if _netlink_errno(e) != errno.EEXIST:
                     raise
-            index = _index(ipr, network.bridge)
-            if index is None:
+            link = ipr.link_named(network.bridge)
+            if link is None:
                 raise Conflict(f"bridge {network.bridge} vanished while being created")
-        link = ipr.link(index)
-        if link is None:
-            raise Conflict(f"bridge {network.bridge} vanished while being created")
+        index = int(link["index"])
         info = link.get_attr("IFLA_LINKINFO")
         if info is None or info.get_attr("IFLA_INFO_KIND") != "bridge":
             raise Conflict(f"interface {network.bridge} exists and is not a bridge")
@@ -175,7 +169,7 @@ def delete_bridge(network_or_bridge: Network | str) -> bool:
 
 
 def _delete(ipr: Rtnl, name: str) -> bool:
-    index = _index(ipr, name)
+    index = ipr.index(name)
     if index is None:
         return False
     try:
@@ -218,7 +212,7 @@ def attach(
         raise NotFound(f"network namespace {path} does not exist") from None
     try:
         with iproute() as ipr:
-            bridge = _index(ipr, network.bridge)
+            bridge = ipr.index(network.bridge)
             if bridge is None:
                 raise NotFound(f"bridge {network.bridge} of network {network.name} does not exist")
             _delete(ipr, host)  # a leftover of a crashed attach of this same container
@@ -230,7 +224,7 @@ def attach(
                     raise Conflict(f"the container already has an interface named {ifname}") from None
                 raise
             try:
-                index = _index(ipr, host)
+                index = ipr.index(host)
                 assert index is not None
                 ipr.set_link(index, master=bridge, alias=f"{ALIAS_CTR}{container_id}:{network.bridge}")
                 # Hairpin: with br_netfilter loaded, a container's packet to its own published port is
@@ -238,10 +232,10 @@ def attach(
                 ipr.set_link(index, hairpin=True)
                 ipr.set_link(index, up=True)
                 with netns_iproute(path) as nsr:
-                    lo = _index(nsr, "lo")
+                    lo = nsr.index("lo")
                     if lo is not None:
                         nsr.set_link(lo, up=True)
-                    inner = _index(nsr, ifname)
+                    inner = nsr.index(ifname)
                     if inner is None:
                         raise NotFound(f"{ifname} did not appear in {path}")
                     nsr.addr(True, inner, str(ip), network.prefixlen)
@@ -274,7 +268,7 @@ def ensure_default_route(netns: NETNS, gateway: IPv4Address | str, ifname: str) 
     with netns_iproute(netns) as nsr:
         if any(r["dst_len"] == 0 for r in nsr.routes()):
             return False
-        index = _index(nsr, ifname)
+        index = nsr.index(ifname)
         if index is None:
             raise NotFound(f"{ifname} does not exist in {_netns_path(netns)}")
         nsr.add_default_route(str(gateway), index)

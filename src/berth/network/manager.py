@@ -259,9 +259,7 @@ class Networks:
             self.firewall.unpublish(container_id, net.bridge)
         bridge.detach(container_id, net)
         released = self.ipam.release(net.name, container_id)
-        with self._lock(net.name):
-            if self.ipam.count_leases(net.name) == 0:
-                self._teardown(net)
+        self._teardown_if_idle(net)
         return released is not None
 
     def release_container(self, container_id: str) -> None:
@@ -320,10 +318,14 @@ class Networks:
         """Remove the host side (name server, rules, bridge) of every network no container uses, as
         the last container's leaving would have had it not been killed first."""
         for net in self.ipam.list_networks():
+            if self.ipam.count_leases(net.name) == 0:  # no lock taken for a network in use
+                self._teardown_if_idle(net)
+
+    def _teardown_if_idle(self, net: Network) -> None:
+        """The network's host side goes when no container holds a lease on it (counted under its lock)."""
+        with self._lock(net.name):
             if self.ipam.count_leases(net.name) == 0:
-                with self._lock(net.name):
-                    if self.ipam.count_leases(net.name) == 0:
-                        self._teardown(net)
+                self._teardown(net)
 
     def gc(self, live_containers: Iterable[str] | None = None) -> None:
         """Bring the host in line with the database after crashes: with ``live_containers`` given,

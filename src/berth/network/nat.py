@@ -143,10 +143,8 @@ class Libnftables:
 class NftFirewall(_Firewall):
     """berth's table, driven through libnftables (text in, JSON out)."""
 
-    def __init__(self, table: str = "berth", lock_path: str | None = None, nft: str | None = None) -> None:
-        if (nft or _nft_path()) is None:
-            raise Unsupported("nft is not installed")
-        self.nft = Libnftables()
+    def __init__(self, table: str = "berth", lock_path: str | None = None) -> None:
+        self.nft = Libnftables()  # Unsupported where libnftables is missing
         self.table = table
         self.lock_path = lock_path
         self.t = f"inet {table}"
@@ -446,19 +444,19 @@ def _same(rule: str, line: str) -> bool:
 Firewall = NftFirewall | IptablesFirewall
 
 
-def _nft_path() -> str | None:
-    return shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if os.access(p, os.X_OK)), None)
-
-
 def firewall(table: str = "berth", lock_path: str | None = None, backend: str = "auto") -> Firewall:
-    """The firewall backend: nftables through ``nft`` when it is installed, else ``iptables``.
+    """The firewall backend: nftables through libnftables when it is installed, else ``iptables``.
 
     ``backend`` forces one (``nft`` or ``iptables``), for tests and for hosts where an admin prefers it.
     """
     if backend not in ("auto", "nft", "iptables"):
         raise ValueError(f"unknown firewall backend {backend!r}")
-    if backend == "nft" or (backend == "auto" and _nft_path() is not None):
-        return NftFirewall(table, lock_path, _nft_path())
+    if backend != "iptables":
+        try:
+            return NftFirewall(table, lock_path)
+        except Unsupported:
+            if backend == "nft":
+                raise
     if shutil.which("iptables") is None:
-        raise Unsupported("neither nft nor iptables is installed: install nftables")
+        raise Unsupported("neither nftables nor iptables is installed: install nftables")
     return IptablesFirewall(table, lock_path)

@@ -140,10 +140,13 @@ class Rtnl:
         msg["index"] = index
         return self._get_link(msg)
 
-    def index(self, name: str) -> int | None:
+    def link_named(self, name: str) -> Any | None:
         msg = ifinfmsg()
         msg["attrs"] = [("IFLA_IFNAME", name)]
-        found = self._get_link(msg)
+        return self._get_link(msg)
+
+    def index(self, name: str) -> int | None:
+        found = self.link_named(name)
         return None if found is None else int(found["index"])
 
     def _get_link(self, msg: Any) -> Any | None:
