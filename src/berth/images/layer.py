@@ -203,8 +203,6 @@ class _Hashing:
         self.digester = Digester()
         self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(depth)
         self._stop = threading.Event()
-        self._current = b""
-        self._pos = 0
         self._eof = False
         self._thread = threading.Thread(target=self._produce, name="berth-layer-reader", daemon=True)
         self._thread.start()
@@ -229,39 +227,21 @@ class _Hashing:
             except queue.Full:
                 continue
 
-    def read(self, n: int = -1, /) -> bytes:
-        if n < 0:
-            parts = []
-            while chunk := self.read(self._chunk):
-                parts.append(chunk)
-            return b"".join(parts)
-        while self._pos >= len(self._current):
-            if self._eof:
-                return b""
-            item = self._queue.get()
-            if item is None:
-                self._eof = True
-                return b""
-            if isinstance(item, BaseException):
-                self._eof = True
-                raise item
-            self._current, self._pos = item, 0
-        start = self._pos
-        self._pos = min(len(self._current), start + n)
-        if start == 0 and self._pos == len(self._current):
-            return self._current
-        return self._current[start:self._pos]
-
     def next_chunk(self) -> bytes:
-        """The rest of the current chunk, or the next one; b"" at the end."""
-        if self._pos < len(self._current):
-            data = self._current[self._pos:] if self._pos else self._current
-            self._pos = len(self._current)
-            return data
-        return self.read(self._chunk)
+        """The next chunk the reading thread queued (never empty); b"" at the end. An error the
+        thread met is raised here."""
+        if self._eof:
+            return b""
+        item = self._queue.get()
+        if item is None or isinstance(item, BaseException):
+            self._eof = True
+            if item is not None:
+                raise item
+            return b""
+        return item
 
     def drain(self) -> None:
-        while self.read(self._chunk):
+        while self.next_chunk():
             pass
 
     def close(self) -> None:
